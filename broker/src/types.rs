@@ -59,3 +59,12 @@ impl Term {
         self.0
     }
 }
+
+newtype!(
+    /// A Raft group: 0 is the controller, every partition replica set has its own.
+    GroupId(u64)
+);
+
+impl GroupId {
+    pub const CONTROLLER: GroupId = GroupId(0);
+}

@@ -69,7 +69,6 @@ const OFF_MAX_TIMESTAMP: usize = 56;
 const OFF_PRODUCER_ID: usize = 64;
 const OFF_PRODUCER_EPOCH: usize = 72;
 const OFF_BASE_SEQUENCE: usize = 74;
-const COMPRESSION_MASK: u16 = 0b111;
 
 /// Format versions. A change to the layout adds a variant and a golden fixture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,7 +341,7 @@ impl RawRecord {
         let offset_delta = u32_at(rec, at);
         let at = take(&mut cursor, 8)?;
         let timestamp_delta = u64_at(rec, at) as i64;
-        let mut optional_bytes = |cursor: &mut usize| -> Result<Option<(usize, usize)>, BatchError> {
+        let optional_bytes = |cursor: &mut usize| -> Result<Option<(usize, usize)>, BatchError> {
             let at = take(cursor, 4)?;
             let length = u32_at(rec, at) as i32;
             if length == -1 {

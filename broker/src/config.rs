@@ -1,0 +1,250 @@
+//! Broker configuration: defaults, overridden by a TOML file, overridden by `WEIR_*` environment
+//! variables, overridden by flags. Every limit is named with its unit last and validated at
+//! start with a message that says which setting is wrong and why.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::log::LogConfig;
+use crate::raft::RaftConfig;
+use crate::server::Limits;
+use crate::types::NodeId;
+
+/// Settings that flags and environment variables can set (clap fills it in main).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+}
+
+/// The TOML file. Unknown keys are errors, so a typo does not silently keep a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    log: FileLog,
+    #[serde(default)]
+    raft: FileRaft,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    request_bytes_max: Option<usize>,
+    batch_bytes_max: Option<u32>,
+    fetch_bytes_max: Option<usize>,
+    fetch_wait_ms_max: Option<u64>,
+    produce_timeout_ms: Option<u64>,
+    connections_max: Option<usize>,
+    streams_per_connection_max: Option<u32>,
+    partitions_per_topic_max: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    segment_bytes_max: Option<u64>,
+    segment_age_ms_max: Option<u64>,
+    index_interval_bytes: Option<u32>,
+    /// Negative: keep forever.
+    retention_ms: Option<i64>,
+    /// Negative: no size limit.
+    retention_bytes: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRaft {
+    threads: Option<usize>,
+    tick_ms: Option<u64>,
+    election_ticks: Option<usize>,
+    heartbeat_ticks: Option<usize>,
+    mailbox_messages_max: Option<usize>,
+}
+
+/// Everything the broker runs with, validated.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    /// The address clients are told to use for this node; defaults to the bound address.
+    pub advertise: Option<String>,
+    pub node_id: NodeId,
+    pub limits: Limits,
+    pub batch_bytes_max: u32,
+    pub log: LogConfig,
+    pub raft: RaftConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting {setting}: {message}")]
+    Invalid { setting: &'static str, message: String },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+fn retention(value: Option<i64>) -> Option<u64> {
+    value.filter(|v| *v >= 0).map(|v| v as u64)
+}
+
+impl BrokerConfig {
+    pub fn load(overrides: Overrides) -> Result<Self, ConfigError> {
+        let file = match &overrides.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let limit_defaults = Limits::default();
+        let log_defaults = LogConfig::default();
+        let raft_defaults = RaftConfig::default();
+        let l = &file.limits;
+        let config = BrokerConfig {
+            data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("weir-data")),
+            listen: overrides.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:9292".into()),
+            advertise: overrides.advertise.or(file.advertise),
+            node_id: NodeId(1),
+            limits: Limits {
+                request_bytes_max: l.request_bytes_max.unwrap_or(limit_defaults.request_bytes_max),
+                fetch_bytes_max: l.fetch_bytes_max.unwrap_or(limit_defaults.fetch_bytes_max),
+                fetch_wait_ms_max: l.fetch_wait_ms_max.unwrap_or(limit_defaults.fetch_wait_ms_max),
+                produce_timeout: l.produce_timeout_ms.map_or(limit_defaults.produce_timeout, Duration::from_millis),
+                connections_max: l.connections_max.unwrap_or(limit_defaults.connections_max),
+                streams_per_connection_max: l
+                    .streams_per_connection_max
+                    .unwrap_or(limit_defaults.streams_per_connection_max),
+                stream_buffer_responses: limit_defaults.stream_buffer_responses,
+                partitions_per_topic_max: l.partitions_per_topic_max.unwrap_or(limit_defaults.partitions_per_topic_max),
+            },
+            batch_bytes_max: l.batch_bytes_max.unwrap_or(16 << 20),
+            log: LogConfig {
+                segment_bytes_max: file.log.segment_bytes_max.unwrap_or(log_defaults.segment_bytes_max),
+                segment_age_ms_max: file.log.segment_age_ms_max.unwrap_or(log_defaults.segment_age_ms_max),
+                index_interval_bytes: file.log.index_interval_bytes.unwrap_or(log_defaults.index_interval_bytes),
+                retention_ms: file.log.retention_ms.map_or(log_defaults.retention_ms, |v| retention(Some(v))),
+                retention_bytes: file.log.retention_bytes.map_or(log_defaults.retention_bytes, |v| retention(Some(v))),
+            },
+            raft: RaftConfig {
+                threads: file.raft.threads.unwrap_or(raft_defaults.threads),
+                tick_interval: file.raft.tick_ms.map_or(raft_defaults.tick_interval, Duration::from_millis),
+                election_ticks: file.raft.election_ticks.unwrap_or(raft_defaults.election_ticks),
+                heartbeat_ticks: file.raft.heartbeat_ticks.unwrap_or(raft_defaults.heartbeat_ticks),
+                mailbox_messages_max: file.raft.mailbox_messages_max.unwrap_or(raft_defaults.mailbox_messages_max),
+                ..raft_defaults
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if !(1024..=64 << 20).contains(&self.batch_bytes_max) {
+            return Err(invalid("limits.batch_bytes_max", "must be between 1024 and 67108864 (64 MiB)"));
+        }
+        if l.request_bytes_max < self.batch_bytes_max as usize + 4096 {
+            return Err(invalid(
+                "limits.request_bytes_max",
+                format!("must exceed batch_bytes_max ({}) by at least 4096", self.batch_bytes_max),
+            ));
+        }
+        if u64::from(self.batch_bytes_max) * 2 > self.log.segment_bytes_max {
+            return Err(invalid(
+                "log.segment_bytes_max",
+                format!("must be at least twice limits.batch_bytes_max ({})", self.batch_bytes_max),
+            ));
+        }
+        if !(64 << 10..=1 << 34).contains(&self.log.segment_bytes_max) {
+            return Err(invalid("log.segment_bytes_max", "must be between 65536 and 17179869184 (16 GiB)"));
+        }
+        if self.log.index_interval_bytes < 64 {
+            return Err(invalid("log.index_interval_bytes", "must be at least 64"));
+        }
+        if l.connections_max == 0 || l.streams_per_connection_max == 0 || l.fetch_bytes_max < 1024 {
+            return Err(invalid(
+                "limits",
+                "connections_max and streams_per_connection_max must be positive, fetch_bytes_max at least 1024",
+            ));
+        }
+        let r = &self.raft;
+        if r.threads == 0 || r.threads > 64 {
+            return Err(invalid("raft.threads", "must be between 1 and 64"));
+        }
+        if r.tick_interval < Duration::from_millis(10) || r.heartbeat_ticks == 0 || r.election_ticks <= r.heartbeat_ticks {
+            return Err(invalid(
+                "raft",
+                "tick_ms must be at least 10, heartbeat_ticks positive, election_ticks above heartbeat_ticks",
+            ));
+        }
+        if r.mailbox_messages_max < 16 {
+            return Err(invalid("raft.mailbox_messages_max", "must be at least 16"));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: error.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:1\"\ndata_dir = \"/a\"\n[log]\nretention_ms = -1\nsegment_bytes_max = 1048576\n[limits]\nbatch_bytes_max = 65536\n").unwrap();
+        let config = BrokerConfig::load(Overrides {
+            config: Some(path.clone()),
+            data_dir: Some("/b".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.listen, "0.0.0.0:1");
+        assert_eq!(config.data_dir, PathBuf::from("/b"));
+        assert_eq!(config.log.retention_ms, None);
+        assert_eq!(config.log.segment_bytes_max, 1 << 20);
+
+        std::fs::write(&path, "[log]\nsegment_bytes_maxx = 5\n").unwrap();
+        let error = BrokerConfig::load(Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("segment_bytes_maxx"), "{error}");
+
+        std::fs::write(&path, "[log]\nsegment_bytes_max = 100000\n").unwrap();
+        let error = BrokerConfig::load(Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("segment_bytes_max"), "{error}");
+    }
+}

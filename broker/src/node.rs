@@ -1,0 +1,153 @@
+//! One broker process: data directory lock, raft threads, controller and partitions, gRPC
+//! server, and the orderly shutdown that leaves clean markers behind.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::cluster::{Cluster, ClusterConfig, ClusterError};
+use crate::config::BrokerConfig;
+use crate::raft::{RaftConfig, RaftDriver, RaftError};
+use crate::server;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("data directory {0} is in use by another weir-broker process")]
+    Locked(PathBuf),
+    #[error("cannot listen on {address}: {source}")]
+    Listen { address: String, source: std::io::Error },
+    #[error(transparent)]
+    Raft(#[from] RaftError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("gRPC server: {0}")]
+    Server(#[from] tonic::transport::Error),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A started broker, serving until [`Node::serve`]'s shutdown signal.
+pub struct Node {
+    config: BrokerConfig,
+    listener: TcpListener,
+    address: SocketAddr,
+    driver: Arc<RaftDriver>,
+    cluster: Arc<Cluster>,
+    /// Held for the life of the process: an exclusive lock on the data directory.
+    _lock: File,
+}
+
+impl Node {
+    pub async fn start(config: BrokerConfig) -> Result<Self, NodeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(io_error(&config.data_dir))?;
+        let lock = lock_data_dir(&config.data_dir)?;
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| NodeError::Listen {
+                address: config.listen.clone(),
+                source,
+            })?;
+        let address = listener.local_addr().map_err(io_error(&config.data_dir))?;
+        let advertised = config.advertise.clone().unwrap_or_else(|| address.to_string());
+        let cluster_id = cluster_id(&config.data_dir)?;
+        let driver = Arc::new(RaftDriver::start(RaftConfig {
+            node_id: config.node_id,
+            ..config.raft.clone()
+        })?);
+        let cluster_config = ClusterConfig {
+            cluster_id,
+            node_id: config.node_id,
+            nodes: BTreeMap::from([(config.node_id, advertised)]),
+            data_dir: config.data_dir.clone(),
+            log_defaults: config.log.clone(),
+            batch_bytes_max_default: config.batch_bytes_max,
+        };
+        let cluster = match Cluster::start(cluster_config, driver.clone()).await {
+            Ok(cluster) => cluster,
+            Err(error) => {
+                stop_driver(driver).await;
+                return Err(error.into());
+            }
+        };
+        Ok(Self {
+            config,
+            listener,
+            address,
+            driver,
+            cluster,
+            _lock: lock,
+        })
+    }
+
+    /// The address the server is bound to (the real port when configured with port 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests, closes every log
+    /// (flush, index files, clean marker) and returns.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<(), NodeError> {
+        let result = server::serve(self.listener, self.cluster.clone(), self.config.limits.clone(), shutdown).await;
+        tracing::info!("server stopped; closing partitions");
+        drop(self.cluster);
+        stop_driver(self.driver).await;
+        result.map_err(NodeError::from)
+    }
+}
+
+async fn stop_driver(driver: Arc<RaftDriver>) {
+    let _ = tokio::task::spawn_blocking(move || driver.shutdown()).await;
+}
+
+/// Takes an exclusive, non-blocking lock on `DATA_DIR/.lock`: two brokers on one directory
+/// would corrupt each other's logs.
+fn lock_data_dir(dir: &Path) -> Result<File, NodeError> {
+    let path = dir.join(".lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        return Err(NodeError::Locked(dir.to_path_buf()));
+    }
+    Ok(file)
+}
+
+/// The cluster id stored in the data directory, chosen at first start.
+fn cluster_id(dir: &Path) -> Result<String, NodeError> {
+    let path = dir.join("cluster_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(NodeError::Io { path, source }),
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+        ^ u128::from(std::process::id()) << 64;
+    let id = format!("weir-{:016x}", crc32fast::hash(&seed.to_le_bytes()) as u64 | ((seed as u64) << 32));
+    std::fs::write(&path, &id).map_err(io_error(&path))?;
+    Ok(id)
+}

@@ -1,0 +1,320 @@
+//! One Raft group replica as its raft thread sees it: the RawNode, the proposals waiting for
+//! their entries to be persisted or committed, and the progress published to readers.
+
+use std::collections::VecDeque;
+
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
+use raft::{RawNode, StateRole};
+use tokio::sync::{oneshot, watch};
+
+use super::storage::{read_log, to_append, write_log, GroupStorage, SharedLog};
+use super::{Acks, Applier, Committed, Progress, ProposeError, Role};
+use crate::log::batch::HEADER_LEN;
+use crate::log::LogError;
+use crate::types::{GroupId, NodeId, Offset, RaftIndex, Term};
+
+/// A proposal waiting for its entry.
+struct Pending {
+    index: RaftIndex,
+    term: Term,
+    acks: Acks,
+    /// Set when this replica appended the entry (the leader stamps the offsets then).
+    appended: Option<(Offset, Offset)>,
+    /// Taken when the proposer has been answered (acks=leader answers before the commit).
+    reply: Option<oneshot::Sender<Result<Committed, ProposeError>>>,
+}
+
+impl Pending {
+    fn answer(&mut self, result: Result<Committed, ProposeError>) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+pub(super) struct Group {
+    pub id: GroupId,
+    pub node: RawNode<GroupStorage>,
+    pending: VecDeque<Pending>,
+    /// Bytes proposed this round and not yet appended: what `reserve` must make room for.
+    unappended_bytes: u64,
+    /// Highest index both committed and persisted here: the high watermark's entry.
+    visible_index: RaftIndex,
+    progress: watch::Sender<Progress>,
+    applier: Option<Box<dyn Applier>>,
+    /// Set when the group's storage failed; the group then takes no more work.
+    pub failure: Option<String>,
+}
+
+impl Group {
+    pub fn new(
+        id: GroupId,
+        node: RawNode<GroupStorage>,
+        progress: watch::Sender<Progress>,
+        applier: Option<Box<dyn Applier>>,
+    ) -> Self {
+        let visible_index = RaftIndex(node.raft.raft_log.committed.min(node.raft.raft_log.persisted));
+        Self {
+            id,
+            node,
+            pending: VecDeque::new(),
+            unappended_bytes: 0,
+            visible_index,
+            progress,
+            applier,
+            failure: None,
+        }
+    }
+
+    pub fn log(&self) -> &SharedLog {
+        self.node.store().log()
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.node.store().dir()
+    }
+
+    /// Age-based roll and retention; retention only ever deletes committed entries.
+    pub fn housekeeping(&mut self, now_ms: i64) -> Result<(), String> {
+        let log = self.log().clone();
+        let mut log = write_log(&log);
+        log.maybe_roll(now_ms).map_err(|e| e.to_string())?;
+        let deleted = log.apply_retention(now_ms, self.visible_index).map_err(|e| e.to_string())?;
+        drop(log);
+        if deleted > 0 {
+            tracing::info!(group = %self.id, segments = deleted, "retention deleted segments");
+            self.publish()?;
+        }
+        Ok(())
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        let leader = self.node.raft.leader_id;
+        (leader != raft::INVALID_ID).then_some(NodeId(leader))
+    }
+
+    /// Proposes one entry; the reply completes when it is persisted (Leader) or committed (All).
+    pub fn propose(&mut self, data: Vec<u8>, acks: Acks, reply: oneshot::Sender<Result<Committed, ProposeError>>) {
+        if let Err(error) = self.check_proposal(data.len() as u64) {
+            let _ = reply.send(Err(error));
+            return;
+        }
+        let bytes = data.len() as u64;
+        if self.node.propose(Vec::new(), data).is_err() {
+            let _ = reply.send(Err(ProposeError::NotLeader { leader: self.leader() }));
+            return;
+        }
+        self.unappended_bytes += bytes + HEADER_LEN as u64;
+        self.pending.push_back(Pending {
+            index: RaftIndex(self.node.raft.raft_log.last_index()),
+            term: Term(self.node.raft.term),
+            acks,
+            appended: None,
+            reply: Some(reply),
+        });
+    }
+
+    fn check_proposal(&mut self, bytes: u64) -> Result<(), ProposeError> {
+        if let Some(reason) = &self.failure {
+            return Err(ProposeError::Failed(reason.clone()));
+        }
+        if self.node.raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader { leader: self.leader() });
+        }
+        let needed = self.unappended_bytes + bytes + HEADER_LEN as u64;
+        write_log(self.log()).reserve(needed).map_err(|error| match error {
+            LogError::DiskFull { .. } => ProposeError::DiskFull(error.to_string()),
+            other => ProposeError::Failed(other.to_string()),
+        })
+    }
+
+    /// Steps 2-5 of raft-rs's ready handling for this group: snapshot, committed entries, new
+    /// entries into the log (not yet flushed), hard state. Returns whether the log got writes.
+    pub fn persist_ready(&mut self, ready: &mut raft::Ready) -> Result<bool, String> {
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.node.mut_store().apply_snapshot(&snapshot).map_err(|e| e.to_string())?;
+        }
+        self.apply_committed(ready.take_committed_entries())?;
+        let entries = ready.take_entries();
+        let wrote = !entries.is_empty();
+        self.append(&entries)?;
+        if let Some(hard_state) = ready.hs() {
+            self.node
+                .mut_store()
+                .set_hard_state(hard_state, false)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(wrote || !ready.snapshot().is_empty())
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), String> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let log = self.node.store().log().clone();
+        let mut log = write_log(&log);
+        if first.index <= log.last_index().0 {
+            log.truncate_from(RaftIndex(first.index)).map_err(|e| e.to_string())?;
+        }
+        let mut appended = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let info = log.append(to_append(entry)).map_err(|e| e.to_string())?;
+            appended.push((entry.index, entry.term, info));
+        }
+        for pending in self.pending.iter_mut() {
+            if let Ok(at) = appended.binary_search_by_key(&pending.index.0, |(index, _, _)| *index) {
+                let (_, term, info) = &appended[at];
+                if *term == pending.term.0 {
+                    pending.appended = Some((info.base_offset, info.next_offset));
+                }
+            }
+        }
+        self.unappended_bytes = 0;
+        Ok(())
+    }
+
+    fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for entry in &entries {
+            let conf_state = match entry.get_entry_type() {
+                EntryType::EntryNormal => continue,
+                EntryType::EntryConfChange => {
+                    let change: ConfChange = protobuf::Message::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
+                    self.node.apply_conf_change(&change)
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let change: ConfChangeV2 = protobuf::Message::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
+                    self.node.apply_conf_change(&change)
+                }
+            };
+            let conf_state = conf_state.map_err(|e| e.to_string())?;
+            self.node.mut_store().set_conf_state(conf_state).map_err(|e| e.to_string())?;
+        }
+        if let Some(applier) = self.applier.as_mut() {
+            applier.apply(&entries);
+        }
+        Ok(())
+    }
+
+    /// Steps 6-10 after the round's flush: advance, light ready, then complete proposals and
+    /// publish the new high watermark. Returns the messages to send.
+    pub fn advance(&mut self, ready: raft::Ready) -> Result<Vec<raft::eraftpb::Message>, String> {
+        let mut messages = Vec::new();
+        let mut ready = ready;
+        messages.extend(ready.take_persisted_messages());
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().set_commit(commit);
+        }
+        messages.extend(light.take_messages());
+        self.apply_committed(light.take_committed_entries())?;
+        self.node.advance_apply();
+        self.complete_persisted();
+        self.publish()?;
+        Ok(messages)
+    }
+
+    /// Replies to acks=leader proposals whose entries are now on disk here.
+    fn complete_persisted(&mut self) {
+        let persisted = self.node.raft.raft_log.persisted;
+        for pending in self.pending.iter_mut() {
+            if pending.acks == Acks::Leader && pending.index.0 <= persisted {
+                if let Some((base_offset, next_offset)) = pending.appended {
+                    let index = pending.index;
+                    pending.answer(Ok(Committed {
+                        index,
+                        base_offset,
+                        next_offset,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Moves the high watermark to the last entry that is both committed and persisted here,
+    /// completes the proposals it covers, and publishes the group's progress.
+    fn publish(&mut self) -> Result<(), String> {
+        let raft_log = &self.node.raft.raft_log;
+        let visible = RaftIndex(raft_log.committed.min(raft_log.persisted));
+        if visible > self.visible_index {
+            self.visible_index = visible;
+            self.complete_committed()?;
+        }
+        if self.node.raft.state != StateRole::Leader && !self.pending.is_empty() {
+            let leader = self.leader();
+            for mut pending in self.pending.drain(..) {
+                pending.answer(Err(ProposeError::LeadershipLost { leader }));
+            }
+        }
+        let progress = self.current_progress()?;
+        self.progress.send_if_modified(|current| {
+            let changed = *current != progress;
+            *current = progress;
+            changed
+        });
+        Ok(())
+    }
+
+    fn complete_committed(&mut self) -> Result<(), String> {
+        let log = read_log(self.node.store().log());
+        while let Some(front) = self.pending.front() {
+            if front.index > self.visible_index {
+                break;
+            }
+            let Some(mut pending) = self.pending.pop_front() else { break };
+            let term = log.term(pending.index).map_err(|e| e.to_string())?;
+            let result = match pending.appended {
+                Some((base_offset, next_offset)) if term == pending.term => Ok(Committed {
+                    index: pending.index,
+                    base_offset,
+                    next_offset,
+                }),
+                _ => Err(ProposeError::LeadershipLost { leader: self.leader() }),
+            };
+            pending.answer(result);
+        }
+        Ok(())
+    }
+
+    fn current_progress(&self) -> Result<Progress, String> {
+        let log = read_log(self.node.store().log());
+        let high_watermark = if self.visible_index <= log.log_start().index {
+            log.start_offset()
+        } else {
+            log.next_offset_after(self.visible_index).map_err(|e| e.to_string())?
+        };
+        Ok(Progress {
+            high_watermark,
+            log_start: log.start_offset(),
+            leader: self.leader(),
+            role: match self.node.raft.state {
+                StateRole::Leader => Role::Leader,
+                StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+                StateRole::Follower => Role::Follower,
+            },
+            term: Term(self.node.raft.term),
+            commit_index: self.visible_index,
+            failure: self.failure.clone(),
+        })
+    }
+
+    /// Takes the group out of service after a storage failure: every waiter hears why.
+    pub fn fail(&mut self, reason: String) {
+        tracing::error!(group = %self.id, %reason, "raft group failed; it serves nothing until the broker restarts");
+        for mut pending in self.pending.drain(..) {
+            pending.answer(Err(ProposeError::Failed(reason.clone())));
+        }
+        self.failure = Some(reason.clone());
+        self.progress.send_modify(|progress| progress.failure = Some(reason));
+    }
+
+    /// Fails every waiting proposal (group removed or broker stopping).
+    pub fn drain_pending(&mut self, error: ProposeError) {
+        for mut pending in self.pending.drain(..) {
+            pending.answer(Err(error.clone()));
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Multi-Raft over raft-rs: one `RawNode` per group (the controller, and one per partition
+//! replica), driven by a small fixed set of raft threads.
+//!
+//! # Layout
+//! - [`driver`]: the raft threads. Each owns a shard of the groups and runs rounds: drain the
+//!   mailbox (proposals, peer messages, group changes), tick, collect every ready group, write
+//!   their entries into their logs, flush each dirty log once (group commit), advance, answer
+//!   proposals, publish progress.
+//! - `group`: one replica on its raft thread: RawNode, waiting proposals, high watermark.
+//! - `storage`: `raft::Storage` over the partition log. The Raft log *is* the partition log.
+//! - `state_file`: the durable hard state and configuration of a group.
+//! - `logger`: raft-rs's slog output routed into tracing, keeping `raft_id` and `group`.
+//!
+//! # Invariants
+//! - No request handler touches a RawNode: it sends a proposal to the group's bounded mailbox
+//!   and awaits a oneshot answered on persist (acks=leader) or commit (acks=all).
+//! - Term and vote are on disk before any message that depends on them is sent; entries are
+//!   flushed before `advance` tells raft-rs they are persisted.
+//! - Readers see only records of entries that are both committed and persisted on this replica
+//!   (the high watermark); everything above it may still be truncated.
+
+mod driver;
+mod group;
+mod logger;
+mod state_file;
+mod storage;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use driver::{GroupHandle, RaftDriver};
+pub use state_file::StateFileError;
+pub use storage::{read_log, write_log, SharedLog};
+
+use crate::log::{LogConfig, LogError};
+use crate::types::{GroupId, NodeId, Offset, RaftIndex, Term};
+
+/// When a produce is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// After the leader flushed the entry. Lost if the leader fails before replicating it.
+    Leader,
+    /// After the entry is committed: flushed on a majority of the group.
+    All,
+}
+
+/// A proposal's entry, persisted or committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub index: RaftIndex,
+    pub base_offset: Offset,
+    pub next_offset: Offset,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this node does not lead the group")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("leadership changed before the write committed: it may or may not be in the log")]
+    LeadershipLost { leader: Option<NodeId> },
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    #[error("the group's mailbox is full ({0} queued messages); retry later")]
+    Busy(usize),
+    #[error("no such raft group {0}")]
+    NoSuchGroup(GroupId),
+    #[error("the raft group failed: {0}")]
+    Failed(String),
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    StateFile(#[from] StateFileError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("group {0} already exists")]
+    GroupExists(GroupId),
+    #[error("the raft driver has stopped")]
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Candidate,
+    Follower,
+}
+
+/// What a group's replica publishes after each round it took part in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Offset after the last record readers may see.
+    pub high_watermark: Offset,
+    /// First offset still stored.
+    pub log_start: Offset,
+    pub leader: Option<NodeId>,
+    pub role: Role,
+    pub term: Term,
+    /// Index of the high watermark's entry.
+    pub commit_index: RaftIndex,
+    /// Why the replica stopped serving, if it did (storage failure, corruption).
+    pub failure: Option<String>,
+}
+
+/// Receives a group's committed entries in order, on the group's raft thread. The controller
+/// group applies its commands this way; partitions need no applier.
+pub trait Applier: Send {
+    fn apply(&mut self, entries: &[raft::eraftpb::Entry]);
+}
+
+/// Settings of the raft threads, shared by every group.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    pub node_id: NodeId,
+    /// Raft threads per node; groups are spread over them by id.
+    pub threads: usize,
+    pub tick_interval: Duration,
+    /// Ticks without a heartbeat before a follower campaigns.
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Bound of each raft thread's mailbox; proposals beyond it are refused with Busy.
+    pub mailbox_messages_max: usize,
+    /// Messages a raft thread drains from its mailbox per round before handling readies.
+    pub round_messages_max: usize,
+    pub message_bytes_max: u64,
+    pub inflight_messages_max: usize,
+    /// How often sealed segments are checked for age-based roll and retention.
+    pub housekeeping_interval: Duration,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            node_id: NodeId(1),
+            threads: 2,
+            tick_interval: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            mailbox_messages_max: 8192,
+            round_messages_max: 4096,
+            message_bytes_max: 1 << 20,
+            inflight_messages_max: 256,
+            housekeeping_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Everything needed to start a replica of a group on this node.
+pub struct GroupSpec {
+    pub id: GroupId,
+    pub dir: PathBuf,
+    pub log_config: LogConfig,
+    /// Voters of the group when it is created for the first time (ignored when its state exists).
+    pub voters: Vec<NodeId>,
+    /// Receives committed entries from the start of the log on every start (the controller);
+    /// None for partitions, whose committed entries need no applying.
+    pub applier: Option<Box<dyn Applier>>,
+}

@@ -1,0 +1,196 @@
+//! `raft::Storage` over a partition log: the Raft log *is* the partition log, so raft-rs reads
+//! entries straight from the mapped segments. Hard state and configuration live in the group's
+//! `raft_state` file (see [`super::state_file`]).
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use super::state_file;
+use crate::log::{AppendEntry, BatchKind, LogError, LogStart, PartitionLog, StoredEntry};
+use crate::types::{Offset, RaftIndex, Term};
+
+/// A partition log shared between its raft thread (the only writer) and fetch handlers.
+pub type SharedLog = Arc<RwLock<PartitionLog>>;
+
+/// Read access to a shared log. A poisoned lock means a writer panicked mid-append; the data on
+/// disk is still consistent (recovery would check it), so readers go on.
+pub fn read_log(log: &SharedLog) -> RwLockReadGuard<'_, PartitionLog> {
+    log.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn write_log(log: &SharedLog) -> RwLockWriteGuard<'_, PartitionLog> {
+    log.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The storage of one Raft group replica.
+pub struct GroupStorage {
+    dir: PathBuf,
+    log: SharedLog,
+    hard_state: HardState,
+    conf_state: ConfState,
+}
+
+impl GroupStorage {
+    pub fn new(dir: PathBuf, log: SharedLog, hard_state: HardState, conf_state: ConfState) -> Self {
+        Self {
+            dir,
+            log,
+            hard_state,
+            conf_state,
+        }
+    }
+
+    pub fn log(&self) -> &SharedLog {
+        &self.log
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Records a new hard state; writes the file only when term or vote changed (those must be
+    /// durable before messages leave), or when `force` is set (commit-only changes are lazy).
+    pub fn set_hard_state(&mut self, hard_state: &HardState, force: bool) -> Result<(), state_file::StateFileError> {
+        let durable_change = hard_state.term != self.hard_state.term || hard_state.vote != self.hard_state.vote;
+        self.hard_state = hard_state.clone();
+        if durable_change || force {
+            state_file::store(&self.dir, &self.hard_state, &self.conf_state)?;
+        }
+        Ok(())
+    }
+
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = self.hard_state.commit.max(commit);
+    }
+
+    pub fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), state_file::StateFileError> {
+        self.conf_state = conf_state;
+        state_file::store(&self.dir, &self.hard_state, &self.conf_state)
+    }
+
+    /// Writes the current hard state (with the latest commit) and configuration.
+    pub fn persist(&self) -> Result<(), state_file::StateFileError> {
+        state_file::store(&self.dir, &self.hard_state, &self.conf_state)
+    }
+
+    /// Installs a snapshot received from the leader: the log restarts after its position.
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), LogError> {
+        let metadata = snapshot.get_metadata();
+        let start = LogStart {
+            index: RaftIndex(metadata.index),
+            term: Term(metadata.term),
+            offset: Offset(decode_snapshot_offset(&snapshot.data)),
+        };
+        write_log(&self.log).reset(start)?;
+        self.conf_state = metadata.get_conf_state().clone();
+        self.hard_state.commit = self.hard_state.commit.max(metadata.index);
+        self.hard_state.term = self.hard_state.term.max(metadata.term);
+        state_file::store(&self.dir, &self.hard_state, &self.conf_state).map_err(|error| LogError::Io {
+            path: self.dir.clone(),
+            source: std::io::Error::other(error.to_string()),
+        })
+    }
+}
+
+/// The log entry kind a Raft entry is stored as.
+pub fn batch_kind(entry: &Entry) -> BatchKind {
+    match entry.get_entry_type() {
+        EntryType::EntryNormal if entry.data.is_empty() => BatchKind::Noop,
+        EntryType::EntryNormal => BatchKind::Records,
+        EntryType::EntryConfChange => BatchKind::ConfChange,
+        EntryType::EntryConfChangeV2 => BatchKind::ConfChangeV2,
+    }
+}
+
+/// How a Raft entry is handed to the log.
+pub fn to_append(entry: &Entry) -> AppendEntry<'_> {
+    AppendEntry {
+        index: RaftIndex(entry.index),
+        term: Term(entry.term),
+        kind: batch_kind(entry),
+        data: &entry.data,
+    }
+}
+
+fn to_entry(stored: StoredEntry) -> Entry {
+    let mut entry = Entry::default();
+    entry.index = stored.index.0;
+    entry.term = stored.term.0;
+    entry.set_entry_type(match stored.kind {
+        BatchKind::Records | BatchKind::Noop => EntryType::EntryNormal,
+        BatchKind::ConfChange => EntryType::EntryConfChange,
+        BatchKind::ConfChangeV2 => EntryType::EntryConfChangeV2,
+    });
+    if stored.kind != BatchKind::Noop {
+        entry.data = stored.data;
+    }
+    entry
+}
+
+fn encode_snapshot_offset(offset: Offset) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(&offset.0.to_le_bytes())
+}
+
+fn decode_snapshot_offset(data: &[u8]) -> u64 {
+    data.get(..8)
+        .and_then(|raw| raw.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0)
+}
+
+fn storage_error(error: LogError) -> raft::Error {
+    match error {
+        LogError::Unavailable { .. } => raft::Error::Store(StorageError::Compacted),
+        other => raft::Error::Store(StorageError::Other(Box::new(other))),
+    }
+}
+
+impl raft::Storage for GroupStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let stored = read_log(&self.log)
+            .entries(RaftIndex(low), RaftIndex(high), max_size.into())
+            .map_err(storage_error)?;
+        Ok(stored.into_iter().map(to_entry).collect())
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        read_log(&self.log)
+            .term(RaftIndex(index))
+            .map(|term| term.0)
+            .map_err(storage_error)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(read_log(&self.log).first_index().0)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(read_log(&self.log).last_index().0)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // A Weir snapshot carries no data: it is the log start position (index, term, record
+        // offset). The follower empties its log and continues from there with the leader's log.
+        let start = read_log(&self.log).log_start();
+        let mut snapshot = Snapshot::default();
+        snapshot.data = encode_snapshot_offset(start.offset);
+        let metadata = snapshot.mut_metadata();
+        metadata.index = start.index.0;
+        metadata.term = start.term.0;
+        metadata.set_conf_state(self.conf_state.clone());
+        Ok(snapshot)
+    }
+}

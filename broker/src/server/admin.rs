@@ -1,0 +1,246 @@
+//! The control plane: topic admin and cluster status. Changes go through the controller group.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use weir_proto::v1::{self, admin_server::Admin};
+
+use super::status::from_cluster;
+use crate::cluster::{validate_topic_name, Cluster, Command, TopicConfig, TopicState};
+use crate::raft::read_log;
+
+#[derive(Clone)]
+pub struct AdminService {
+    pub cluster: Arc<Cluster>,
+    pub partitions_per_topic_max: u32,
+}
+
+/// Proto config -> domain config, validated.
+fn topic_config(config: Option<v1::TopicConfig>) -> Result<TopicConfig, Status> {
+    let config = config.unwrap_or_default();
+    if let Some(bytes) = config.segment_bytes_max {
+        if !(64 << 10..=1 << 34).contains(&bytes) {
+            return Err(Status::invalid_argument(format!(
+                "segment_bytes_max {bytes} must be between 65536 (64 KiB) and 17179869184 (16 GiB)"
+            )));
+        }
+    }
+    if let Some(bytes) = config.batch_bytes_max {
+        if !(1024..=64 << 20).contains(&bytes) {
+            return Err(Status::invalid_argument(format!(
+                "batch_bytes_max {bytes} must be between 1024 and 67108864 (64 MiB)"
+            )));
+        }
+    }
+    if let (Some(batch), Some(segment)) = (config.batch_bytes_max, config.segment_bytes_max) {
+        if u64::from(batch) * 2 > segment {
+            return Err(Status::invalid_argument(format!(
+                "batch_bytes_max {batch} must be at most half of segment_bytes_max {segment}"
+            )));
+        }
+    }
+    Ok(TopicConfig {
+        retention_ms: config.retention_ms,
+        retention_bytes: config.retention_bytes,
+        segment_bytes_max: config.segment_bytes_max,
+        segment_age_ms_max: config.segment_age_ms_max,
+        batch_bytes_max: config.batch_bytes_max,
+    })
+}
+
+fn to_proto_config(config: &TopicConfig) -> v1::TopicConfig {
+    v1::TopicConfig {
+        retention_ms: config.retention_ms,
+        retention_bytes: config.retention_bytes,
+        segment_bytes_max: config.segment_bytes_max,
+        segment_age_ms_max: config.segment_age_ms_max,
+        batch_bytes_max: config.batch_bytes_max,
+    }
+}
+
+impl AdminService {
+    fn topic(&self, name: &str) -> Result<TopicState, Status> {
+        validate_topic_name(name).map_err(Status::invalid_argument)?;
+        self.cluster
+            .with_state(|state| state.topics.get(name).cloned())
+            .ok_or_else(|| Status::not_found(format!("unknown topic '{name}'")))
+    }
+
+    fn describe(&self, topic: &TopicState) -> v1::TopicDescription {
+        let partitions = topic
+            .partitions
+            .iter()
+            .map(|assignment| {
+                let mut description = v1::PartitionDescription {
+                    partition: assignment.partition.0,
+                    replicas: assignment.replicas.iter().map(|r| r.0).collect(),
+                    ..Default::default()
+                };
+                if let Ok(replica) = self.cluster.partition(&topic.name, assignment.partition.0) {
+                    let progress = replica.group.progress();
+                    let log = read_log(replica.group.log());
+                    description.leader = progress.leader.map_or(0, |l| l.0);
+                    description.log_start_offset = progress.log_start.0;
+                    description.high_watermark = progress.high_watermark.0;
+                    description.size_bytes = log.size_bytes();
+                    description.segments = log.segment_count() as u32;
+                }
+                description
+            })
+            .collect();
+        v1::TopicDescription {
+            name: topic.name.clone(),
+            replication_factor: topic.replication_factor,
+            config: Some(to_proto_config(&self.cluster.effective_topic_config(&topic.config))),
+            partitions,
+        }
+    }
+
+    /// Waits until every partition of a new topic has a running replica with a leader, so a
+    /// producer that starts right after create_topic returns is not refused.
+    async fn wait_ready(&self, name: &str, partitions: u32) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for partition in 0..partitions {
+            while tokio::time::Instant::now() < deadline {
+                let ready = self
+                    .cluster
+                    .partition(name, partition)
+                    .map(|r| r.group.progress().leader.is_some())
+                    .unwrap_or(false);
+                if ready {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_topic(&self, request: Request<v1::CreateTopicRequest>) -> Result<Response<v1::CreateTopicResponse>, Status> {
+        let request = request.into_inner();
+        validate_topic_name(&request.name).map_err(Status::invalid_argument)?;
+        if request.partitions == 0 || request.partitions > self.partitions_per_topic_max {
+            return Err(Status::invalid_argument(format!(
+                "partitions must be between 1 and {} (got {})",
+                self.partitions_per_topic_max, request.partitions
+            )));
+        }
+        let nodes: Vec<_> = self.cluster.nodes().keys().copied().collect();
+        let replication_factor = request.replication_factor.max(1);
+        if replication_factor as usize > nodes.len() {
+            return Err(Status::invalid_argument(format!(
+                "replication factor {replication_factor} exceeds the {} node(s) of this cluster",
+                nodes.len()
+            )));
+        }
+        let config = topic_config(request.config)?;
+        let command = Command::CreateTopic {
+            name: request.name.clone(),
+            partitions: request.partitions,
+            replication_factor,
+            config,
+            nodes,
+        };
+        self.cluster.propose(command).await.map_err(from_cluster)?;
+        self.wait_ready(&request.name, request.partitions).await;
+        let topic = self.topic(&request.name)?;
+        Ok(Response::new(v1::CreateTopicResponse {
+            topic: Some(self.describe(&topic)),
+        }))
+    }
+
+    async fn list_topics(&self, _request: Request<v1::ListTopicsRequest>) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        let topics = self.cluster.with_state(|state| {
+            state
+                .topics
+                .values()
+                .filter(|t| !t.name.starts_with("__"))
+                .map(|t| v1::TopicSummary {
+                    name: t.name.clone(),
+                    partitions: t.partitions.len() as u32,
+                    replication_factor: t.replication_factor,
+                })
+                .collect()
+        });
+        Ok(Response::new(v1::ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(&self, request: Request<v1::DescribeTopicRequest>) -> Result<Response<v1::TopicDescription>, Status> {
+        let topic = self.topic(&request.into_inner().name)?;
+        Ok(Response::new(self.describe(&topic)))
+    }
+
+    async fn alter_topic_config(&self, request: Request<v1::AlterTopicConfigRequest>) -> Result<Response<v1::TopicDescription>, Status> {
+        let request = request.into_inner();
+        let current = self.topic(&request.name)?;
+        let update = topic_config(request.set)?;
+        let merged = self.cluster.effective_topic_config(&current.config.merged(&update));
+        if let (Some(batch), Some(segment)) = (merged.batch_bytes_max, merged.segment_bytes_max) {
+            if u64::from(batch) * 2 > segment {
+                return Err(Status::invalid_argument(format!(
+                    "batch_bytes_max {batch} must be at most half of segment_bytes_max {segment}"
+                )));
+            }
+        }
+        let command = Command::AlterTopicConfig {
+            name: request.name.clone(),
+            config: update,
+        };
+        self.cluster.propose(command).await.map_err(from_cluster)?;
+        let topic = self.topic(&request.name)?;
+        Ok(Response::new(self.describe(&topic)))
+    }
+
+    async fn delete_topic(&self, request: Request<v1::DeleteTopicRequest>) -> Result<Response<v1::DeleteTopicResponse>, Status> {
+        let name = request.into_inner().name;
+        self.topic(&name)?;
+        let command = Command::DeleteTopic { name };
+        self.cluster.propose(command).await.map_err(from_cluster)?;
+        Ok(Response::new(v1::DeleteTopicResponse {}))
+    }
+
+    async fn cluster_status(&self, _request: Request<v1::ClusterStatusRequest>) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        let me = self.cluster.node_id();
+        let nodes = self
+            .cluster
+            .nodes()
+            .iter()
+            .map(|(id, address)| v1::NodeStatus {
+                node_id: id.0,
+                address: address.clone(),
+                state: if *id == me { "up" } else { "unknown" }.to_string(),
+            })
+            .collect();
+        let topics = self.cluster.with_state(|state| state.topics.values().cloned().collect::<Vec<_>>());
+        let mut partitions = Vec::new();
+        for topic in &topics {
+            for assignment in &topic.partitions {
+                let mut status = v1::PartitionStatus {
+                    topic: topic.name.clone(),
+                    partition: assignment.partition.0,
+                    replicas: assignment.replicas.iter().map(|r| r.0).collect(),
+                    ..Default::default()
+                };
+                if let Ok(replica) = self.cluster.partition(&topic.name, assignment.partition.0) {
+                    let progress = replica.group.progress();
+                    status.leader = progress.leader.map_or(0, |l| l.0);
+                    status.high_watermark = progress.high_watermark.0;
+                    status.log_start_offset = progress.log_start.0;
+                    if progress.failure.is_some() {
+                        status.lagging_replicas.push(me.0);
+                    }
+                }
+                partitions.push(status);
+            }
+        }
+        Ok(Response::new(v1::ClusterStatusResponse {
+            cluster_id: self.cluster.cluster_id().to_string(),
+            node_id: me.0,
+            nodes,
+            partitions,
+        }))
+    }
+}

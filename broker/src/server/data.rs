@@ -1,0 +1,266 @@
+//! The data plane: Produce, Fetch (long poll and streaming), ListOffsets, Metadata.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use weir_proto::v1::{self, list_offsets_request::Spec, weir_server::Weir};
+
+use super::status::{from_cluster, from_log, from_propose, not_leader, out_of_range};
+use super::Limits;
+use crate::cluster::{validate_topic_name, Cluster, PartitionReplica};
+use crate::log::batch::{self, BatchKind};
+use crate::raft::{read_log, Acks, Role};
+use crate::types::{NodeId, Offset};
+
+#[derive(Clone)]
+pub struct DataService {
+    pub cluster: Arc<Cluster>,
+    pub limits: Arc<Limits>,
+}
+
+impl DataService {
+    fn replica(&self, topic: &str, partition: u32) -> Result<PartitionReplica, Status> {
+        validate_topic_name(topic).map_err(Status::invalid_argument)?;
+        self.cluster.partition(topic, partition).map_err(from_cluster)
+    }
+
+    fn address_of(&self, node: NodeId) -> Option<String> {
+        self.cluster.nodes().get(&node).cloned()
+    }
+
+    /// Only the leader serves: followers answer with where the leader is.
+    fn leader_check(&self, replica: &PartitionReplica) -> Result<(), Status> {
+        let progress = replica.group.progress();
+        if let Some(reason) = progress.failure {
+            return Err(Status::unavailable(format!(
+                "partition {}/{} is out of service on this node: {reason}",
+                replica.topic, replica.partition
+            )));
+        }
+        if progress.role != Role::Leader {
+            let leader = progress.leader.filter(|l| *l != self.cluster.node_id());
+            return Err(not_leader(leader, leader.and_then(|l| self.address_of(l)).as_deref()));
+        }
+        Ok(())
+    }
+
+    /// Reads committed batches at `offset`, waiting up to `wait` for some to arrive.
+    async fn fetch_once(&self, replica: &PartitionReplica, offset: u64, max_bytes: usize, wait: Duration) -> Result<v1::FetchResponse, Status> {
+        let mut progress = replica.group.watch();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            self.leader_check(replica)?;
+            let current = progress.borrow_and_update().clone();
+            if offset < current.log_start.0 || offset > current.high_watermark.0 {
+                return Err(out_of_range(offset, current.log_start, current.high_watermark));
+            }
+            if offset < current.high_watermark.0 {
+                let chunk = read_log(replica.group.log())
+                    .read(Offset(offset), current.high_watermark, max_bytes)
+                    .map_err(from_log)?;
+                if !chunk.slices.is_empty() {
+                    return Ok(v1::FetchResponse {
+                        batches: concat(chunk.slices),
+                        next_offset: chunk.next_offset.0,
+                        high_watermark: current.high_watermark.0,
+                        log_start_offset: current.log_start.0,
+                    });
+                }
+            }
+            let empty = v1::FetchResponse {
+                batches: Bytes::new(),
+                next_offset: offset,
+                high_watermark: current.high_watermark.0,
+                log_start_offset: current.log_start.0,
+            };
+            match tokio::time::timeout_at(deadline, progress.changed()).await {
+                Err(_) => return Ok(empty),
+                Ok(Err(_)) => return Err(Status::unavailable("the partition replica stopped")),
+                Ok(Ok(())) => continue,
+            }
+        }
+    }
+
+    fn fetch_params(&self, request: &v1::FetchRequest) -> (usize, Duration) {
+        let max_bytes = match request.max_bytes {
+            0 => self.limits.fetch_bytes_max,
+            n => (n as usize).min(self.limits.fetch_bytes_max),
+        };
+        let wait = Duration::from_millis(u64::from(request.max_wait_ms).min(self.limits.fetch_wait_ms_max));
+        (max_bytes, wait)
+    }
+}
+
+/// One buffer from the read's runs. A single run (the usual case) is passed on without a copy:
+/// the response encoder copies it once from the mapped segment into the network buffer.
+fn concat(slices: Vec<Bytes>) -> Bytes {
+    if slices.len() == 1 {
+        return slices.into_iter().next().unwrap_or_default();
+    }
+    let mut buf = BytesMut::with_capacity(slices.iter().map(Bytes::len).sum());
+    slices.iter().for_each(|s| buf.extend_from_slice(s));
+    buf.freeze()
+}
+
+type FetchStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Weir for DataService {
+    async fn produce(&self, request: Request<v1::ProduceRequest>) -> Result<Response<v1::ProduceResponse>, Status> {
+        let request = request.into_inner();
+        let replica = self.replica(&request.topic, request.partition)?;
+        let limit = replica.batch_bytes_max as usize;
+        if request.batch.len() > limit {
+            return Err(Status::resource_exhausted(format!(
+                "batch of {} bytes exceeds batch_bytes_max of topic '{}' ({limit} bytes)",
+                request.batch.len(),
+                request.topic
+            )));
+        }
+        let header = batch::validate(&request.batch, limit)
+            .map_err(|error| Status::invalid_argument(format!("invalid record batch: {error}")))?;
+        if header.kind != BatchKind::Records || header.record_count == 0 {
+            return Err(Status::invalid_argument("a produced batch must be a records batch with at least one record"));
+        }
+        self.leader_check(&replica)?;
+        let acks = match v1::Acks::try_from(request.acks) {
+            Ok(v1::Acks::Leader) => Acks::Leader,
+            Ok(v1::Acks::All) => Acks::All,
+            Err(_) => return Err(Status::invalid_argument(format!("unknown acks value {}", request.acks))),
+        };
+        let timeout = match request.timeout_ms {
+            0 => self.limits.produce_timeout,
+            ms => Duration::from_millis(u64::from(ms)).min(self.limits.produce_timeout),
+        };
+        let address = |node| self.address_of(node);
+        let pending = replica.group.propose(request.batch.to_vec(), acks).map_err(|e| from_propose(e, address))?;
+        let committed = match tokio::time::timeout(timeout, pending).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "the batch was not committed within {timeout:?}; it may or may not be in the log"
+                )))
+            }
+            Ok(Err(_)) => return Err(Status::unavailable("the partition replica stopped; the outcome is unknown")),
+            Ok(Ok(result)) => result.map_err(|e| from_propose(e, address))?,
+        };
+        Ok(Response::new(v1::ProduceResponse {
+            base_offset: committed.base_offset.0,
+            record_count: header.record_count,
+            high_watermark: replica.group.progress().high_watermark.0.max(committed.next_offset.0),
+        }))
+    }
+
+    async fn fetch(&self, request: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
+        let request = request.into_inner();
+        let replica = self.replica(&request.topic, request.partition)?;
+        let (max_bytes, wait) = self.fetch_params(&request);
+        self.fetch_once(&replica, request.offset, max_bytes, wait).await.map(Response::new)
+    }
+
+    type FetchStreamStream = FetchStream;
+
+    async fn fetch_stream(&self, request: Request<v1::FetchRequest>) -> Result<Response<Self::FetchStreamStream>, Status> {
+        let request = request.into_inner();
+        let replica = self.replica(&request.topic, request.partition)?;
+        self.leader_check(&replica)?;
+        let (max_bytes, _) = self.fetch_params(&request);
+        // A bounded channel: a client that stops reading stops the reads, nothing piles up.
+        let (sender, receiver) = mpsc::channel(self.limits.stream_buffer_responses);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut offset = request.offset;
+            let poll = Duration::from_millis(service.limits.fetch_wait_ms_max);
+            loop {
+                let result = service.fetch_once(&replica, offset, max_bytes, poll).await;
+                let stop = match &result {
+                    Ok(response) if response.batches.is_empty() => {
+                        if sender.is_closed() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(response) => {
+                        offset = response.next_offset;
+                        false
+                    }
+                    Err(_) => true,
+                };
+                if sender.send(result).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn list_offsets(&self, request: Request<v1::ListOffsetsRequest>) -> Result<Response<v1::ListOffsetsResponse>, Status> {
+        let request = request.into_inner();
+        let replica = self.replica(&request.topic, request.partition)?;
+        self.leader_check(&replica)?;
+        let progress = replica.group.progress();
+        let offset = match request.spec {
+            Some(Spec::Earliest(_)) => progress.log_start,
+            None | Some(Spec::Latest(_)) => progress.high_watermark,
+            Some(Spec::TimestampMs(timestamp)) => read_log(replica.group.log())
+                .offset_for_timestamp(timestamp)
+                .map_err(from_log)?
+                .filter(|offset| *offset < progress.high_watermark)
+                .unwrap_or(progress.high_watermark)
+                .max(progress.log_start),
+        };
+        Ok(Response::new(v1::ListOffsetsResponse {
+            offset: offset.0,
+            log_start_offset: progress.log_start.0,
+            high_watermark: progress.high_watermark.0,
+        }))
+    }
+
+    async fn metadata(&self, request: Request<v1::MetadataRequest>) -> Result<Response<v1::MetadataResponse>, Status> {
+        let wanted = request.into_inner().topics;
+        for name in &wanted {
+            validate_topic_name(name).map_err(Status::invalid_argument)?;
+        }
+        let topics = self.cluster.with_state(|state| {
+            state
+                .topics
+                .values()
+                .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
+                .map(|topic| (topic.name.clone(), topic.partitions.clone()))
+                .collect::<Vec<_>>()
+        });
+        if let Some(missing) = wanted.iter().find(|w| !topics.iter().any(|(name, _)| name == *w)) {
+            return Err(Status::not_found(format!("unknown topic '{missing}'")));
+        }
+        let topics = topics
+            .into_iter()
+            .map(|(name, partitions)| v1::TopicMetadata {
+                partitions: partitions
+                    .iter()
+                    .map(|p| v1::PartitionMetadata {
+                        partition: p.partition.0,
+                        leader: self.leader_of(&name, p.partition.0).map_or(0, |l| l.0),
+                        replicas: p.replicas.iter().map(|r| r.0).collect(),
+                    })
+                    .collect(),
+                name,
+            })
+            .collect();
+        Ok(Response::new(v1::MetadataResponse {
+            brokers: super::brokers(&self.cluster),
+            topics,
+            cluster_id: self.cluster.cluster_id().to_string(),
+        }))
+    }
+}
+
+impl DataService {
+    fn leader_of(&self, topic: &str, partition: u32) -> Option<NodeId> {
+        self.cluster.partition(topic, partition).ok()?.group.progress().leader
+    }
+}

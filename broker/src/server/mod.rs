@@ -1,0 +1,96 @@
+//! The gRPC server: the only layer that knows tonic and the wire types. Wire types are
+//! converted to domain types here, and domain errors to statuses in `status`.
+//!
+//! Limits: request size (`request_bytes_max`), connections (`connections_max`: further
+//! connections are closed at once), concurrent streams per connection, fetch size and wait,
+//! produce timeout, buffered responses per fetch stream.
+
+mod admin;
+mod connections;
+mod data;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use weir_proto::v1::{admin_server::AdminServer, weir_server::WeirServer};
+
+use crate::cluster::Cluster;
+
+/// Every bound of the request handlers.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub request_bytes_max: usize,
+    pub fetch_bytes_max: usize,
+    pub fetch_wait_ms_max: u64,
+    pub produce_timeout: Duration,
+    pub connections_max: usize,
+    pub streams_per_connection_max: u32,
+    pub stream_buffer_responses: usize,
+    pub partitions_per_topic_max: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_bytes_max: 17 << 20,
+            fetch_bytes_max: 4 << 20,
+            fetch_wait_ms_max: 30_000,
+            produce_timeout: Duration::from_secs(30),
+            connections_max: 4096,
+            streams_per_connection_max: 256,
+            stream_buffer_responses: 4,
+            partitions_per_topic_max: 10_000,
+        }
+    }
+}
+
+fn brokers(cluster: &Cluster) -> Vec<weir_proto::v1::BrokerInfo> {
+    cluster
+        .nodes()
+        .iter()
+        .map(|(id, address)| weir_proto::v1::BrokerInfo {
+            node_id: id.0,
+            address: address.clone(),
+        })
+        .collect()
+}
+
+/// Serves the data and admin services on `listener` until `shutdown` resolves; then stops
+/// accepting and lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    cluster: Arc<Cluster>,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let data = data::DataService {
+        cluster: cluster.clone(),
+        limits: Arc::new(limits.clone()),
+    };
+    let admin = admin::AdminService {
+        cluster,
+        partitions_per_topic_max: limits.partitions_per_topic_max,
+    };
+    let incoming = connections::limited(listener, limits.connections_max);
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.streams_per_connection_max)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+        .add_service(
+            WeirServer::new(data)
+                .max_decoding_message_size(limits.request_bytes_max)
+                .max_encoding_message_size(limits.fetch_bytes_max.max(limits.request_bytes_max) + (1 << 20)),
+        )
+        .add_service(AdminServer::new(admin).max_decoding_message_size(1 << 20))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// The address a listener actually bound (port 0 resolved).
+pub fn local_address(listener: &TcpListener) -> std::io::Result<SocketAddr> {
+    listener.local_addr()
+}
