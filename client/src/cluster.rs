@@ -1,0 +1,328 @@
+//! Connections and cached metadata, shared by the producer, consumer and admin clients.
+//!
+//! One tonic `Channel` per broker address (HTTP/2 multiplexes every request to that broker over
+//! it), created lazily. Metadata (brokers, topics, partition leaders) is fetched from any reachable
+//! node and cached; it is refreshed when a request shows it stale: not leader, unavailable, a topic
+//! unknown to the cache. Refreshes are single-flight: callers pass the cache version they acted
+//! on, and a refresh that finds a newer version already installed returns at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use weir_proto::v1 as proto;
+use weir_proto::v1::admin_client::AdminClient;
+use weir_proto::v1::weir_client::WeirClient;
+
+use crate::backoff::Backoff;
+use crate::config::ClientConfig;
+use crate::error::{Context, Error, Result};
+use crate::types::{ClusterMetadata, TopicMetadata};
+
+/// The cached view of the cluster.
+#[derive(Debug, Default)]
+struct MetadataCache {
+    /// Bumped by every refresh and every leader hint; see the module doc.
+    version: u64,
+    cluster_id: String,
+    brokers: HashMap<u64, String>,
+    topics: HashMap<String, TopicMetadata>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    config: ClientConfig,
+    channels: Mutex<HashMap<String, Channel>>,
+    metadata: RwLock<MetadataCache>,
+    /// Held while a metadata refresh is under way, so concurrent refreshes collapse into one.
+    refresh_lock: tokio::sync::Mutex<()>,
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves the data consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Cluster {
+    pub(crate) fn new(config: ClientConfig) -> Result<Arc<Self>> {
+        config.validate()?;
+        Ok(Arc::new(Self {
+            config,
+            channels: Mutex::new(HashMap::new()),
+            metadata: RwLock::new(MetadataCache::default()),
+            refresh_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff::new(
+            Duration::from_millis(self.config.retry_backoff_ms),
+            Duration::from_millis(self.config.retry_backoff_max_ms),
+        )
+    }
+
+    /// Wraps a message in a request with a deadline (enforced by the channel, and sent to the
+    /// broker as `grpc-timeout`).
+    pub(crate) fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(timeout);
+        request
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel> {
+        let mut channels = lock(&self.channels);
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|error| Error::Config(format!("bad broker address {address:?}: {error}")))?
+            .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    pub(crate) fn weir(&self, address: &str) -> Result<WeirClient<Channel>> {
+        Ok(WeirClient::new(self.channel(address)?).max_decoding_message_size(self.config.response_bytes_max))
+    }
+
+    pub(crate) fn admin(&self, address: &str) -> Result<AdminClient<Channel>> {
+        Ok(AdminClient::new(self.channel(address)?).max_decoding_message_size(self.config.response_bytes_max))
+    }
+
+    /// Addresses to try for a request any node can answer: brokers known from metadata first,
+    /// then the bootstrap list, without repeats.
+    pub(crate) fn addresses(&self) -> Vec<String> {
+        let mut addresses: Vec<String> = {
+            let cache = self.metadata.read().unwrap_or_else(PoisonError::into_inner);
+            let mut known: Vec<(u64, String)> = cache
+                .brokers
+                .iter()
+                .map(|(id, address)| (*id, address.clone()))
+                .collect();
+            known.sort();
+            known.into_iter().map(|(_, address)| address).collect()
+        };
+        for address in &self.config.bootstrap {
+            if !addresses.contains(address) {
+                addresses.push(address.clone());
+            }
+        }
+        addresses
+    }
+
+    /// Deadline of requests that any node answers quickly (metadata): short, so that a stopped
+    /// node does not hold the client up for a whole request timeout before it tries the next.
+    pub(crate) fn metadata_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms.min(self.config.connect_timeout_ms))
+    }
+
+    /// Asks the nodes in turn for metadata; the first answer wins.
+    pub(crate) async fn fetch_metadata(&self, topics: Vec<String>) -> Result<ClusterMetadata> {
+        let mut last_error = Error::Unavailable("no broker address to try".into());
+        for address in self.addresses() {
+            let mut client = self.weir(&address)?;
+            let request = self.request(
+                proto::MetadataRequest { topics: topics.clone() },
+                self.metadata_timeout(),
+            );
+            match client.metadata(request).await {
+                Ok(response) => return Ok(response.into_inner().into()),
+                Err(status) => {
+                    let error = Error::from_status(status, &Context::none());
+                    tracing::debug!(%address, %error, "metadata request failed");
+                    if !(error.is_retriable() || error.is_outcome_unknown()) {
+                        return Err(error);
+                    }
+                    last_error = error;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.metadata.read().unwrap_or_else(PoisonError::into_inner).version
+    }
+
+    /// Refreshes the cache unless it changed since `seen_version`.
+    pub(crate) async fn refresh(&self, seen_version: u64) -> Result<()> {
+        let _guard = self.refresh_lock.lock().await;
+        if self.version() > seen_version {
+            return Ok(());
+        }
+        let metadata = self.fetch_metadata(Vec::new()).await?;
+        self.install(metadata);
+        Ok(())
+    }
+
+    fn install(&self, metadata: ClusterMetadata) {
+        let mut cache = self.metadata.write().unwrap_or_else(PoisonError::into_inner);
+        cache.version += 1;
+        cache.cluster_id = metadata.cluster_id;
+        cache.brokers = metadata
+            .brokers
+            .into_iter()
+            .map(|broker| (broker.node_id, broker.address))
+            .collect();
+        cache.topics = metadata
+            .topics
+            .into_iter()
+            .map(|topic| (topic.name.clone(), topic))
+            .collect();
+    }
+
+    fn cached_topic(&self, topic: &str) -> (u64, Option<TopicMetadata>) {
+        let cache = self.metadata.read().unwrap_or_else(PoisonError::into_inner);
+        (cache.version, cache.topics.get(topic).cloned())
+    }
+
+    /// The topic's metadata, refreshing (for up to `topic_wait_ms`) when the cache lacks it.
+    pub(crate) async fn topic(&self, topic: &str) -> Result<TopicMetadata> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.topic_wait_ms);
+        let mut backoff = self.backoff();
+        loop {
+            let (version, cached) = self.cached_topic(topic);
+            if let Some(metadata) = cached {
+                return Ok(metadata);
+            }
+            if version > 0 && Instant::now() >= deadline {
+                return Err(Error::TopicNotFound {
+                    topic: topic.to_owned(),
+                });
+            }
+            if version > 0 {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            self.refresh(version).await?;
+        }
+    }
+
+    pub(crate) async fn partition_count(&self, topic: &str) -> Result<u32> {
+        let metadata = self.topic(topic).await?;
+        let count = u32::try_from(metadata.partitions.len()).unwrap_or(u32::MAX);
+        if count == 0 {
+            return Err(Error::Unavailable(format!("topic {topic:?} has no partitions yet")));
+        }
+        Ok(count)
+    }
+
+    /// The address of the partition's leader according to the cache.
+    pub(crate) async fn leader_address(&self, topic: &str, partition: u32) -> Result<String> {
+        let metadata = self.topic(topic).await?;
+        let leader = metadata
+            .partitions
+            .iter()
+            .find(|candidate| candidate.partition == partition)
+            .ok_or_else(|| Error::PartitionNotFound {
+                topic: topic.to_owned(),
+                partition,
+            })?
+            .leader
+            .ok_or_else(|| Error::Unavailable(format!("partition {partition} of {topic:?} has no leader")))?;
+        let cache = self.metadata.read().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .brokers
+            .get(&leader)
+            .cloned()
+            .ok_or_else(|| Error::Unavailable(format!("address of node {leader} is not known yet")))
+    }
+
+    /// Brings the cache up to date after `error` from a request about a partition, which was
+    /// sent with the cache at `seen_version`. A leader hint is applied directly; anything else
+    /// that suggests stale metadata triggers a refresh. Refresh failures are left for the
+    /// caller's next attempt to meet.
+    pub(crate) async fn on_error(&self, topic: &str, partition: u32, error: &Error, seen_version: u64) {
+        if let Error::NotLeader {
+            leader: Some(leader),
+            leader_address,
+            ..
+        } = error
+        {
+            if self.apply_leader_hint(topic, partition, *leader, leader_address.as_deref()) {
+                return;
+            }
+        }
+        let stale = error.is_retriable()
+            || error.is_outcome_unknown()
+            || matches!(error, Error::TopicNotFound { .. } | Error::PartitionNotFound { .. });
+        if stale {
+            if let Err(refresh_error) = self.refresh(seen_version).await {
+                tracing::debug!(%refresh_error, "metadata refresh failed");
+            }
+        }
+    }
+
+    /// Records that `leader` leads the partition; false if its address is still unknown.
+    fn apply_leader_hint(&self, topic: &str, partition: u32, leader: u64, address: Option<&str>) -> bool {
+        let mut cache = self.metadata.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(address) = address {
+            cache.brokers.insert(leader, address.to_owned());
+        }
+        if !cache.brokers.contains_key(&leader) {
+            return false;
+        }
+        let Some(metadata) = cache.topics.get_mut(topic) else {
+            return false;
+        };
+        let Some(entry) = metadata
+            .partitions
+            .iter_mut()
+            .find(|candidate| candidate.partition == partition)
+        else {
+            return false;
+        };
+        entry.leader = Some(leader);
+        cache.version += 1;
+        true
+    }
+
+    /// Runs `attempt` against the partition's leader, retrying retriable errors and (because
+    /// `attempt` must be a read) errors of unknown outcome, with backoff and metadata refreshes,
+    /// until `retry_timeout` has passed.
+    pub(crate) async fn with_leader<T, F, Fut>(
+        &self,
+        topic: &str,
+        partition: u32,
+        retry_timeout: Duration,
+        mut attempt: F,
+    ) -> Result<T>
+    where
+        F: FnMut(WeirClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = Instant::now() + retry_timeout;
+        let mut backoff = self.backoff();
+        loop {
+            let version = self.version();
+            let result = match self.leader_address(topic, partition).await {
+                Ok(address) => match self.weir(&address) {
+                    Ok(client) => attempt(client).await,
+                    Err(error) => Err(error),
+                },
+                Err(error) => Err(error),
+            };
+            let error = match result {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let delay = backoff.next_delay();
+            let retry = error.is_retriable() || error.is_outcome_unknown();
+            if !retry || Instant::now() + delay >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(topic, partition, %error, "retrying");
+            self.on_error(topic, partition, &error, version).await;
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
