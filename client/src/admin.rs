@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use weir_proto::v1 as proto;
 use weir_proto::v1::admin_client::AdminClient;
 
-use crate::cluster::Cluster;
+use crate::cluster::{no_node_answered, Cluster};
 use crate::config::ClientConfig;
 use crate::error::{Context, Error, Result};
 use crate::types::{ClusterMetadata, ClusterStatus, TopicConfig, TopicDescription, TopicSummary};
@@ -40,9 +40,10 @@ impl Admin {
         F: FnMut(AdminClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let addresses = self.cluster.addresses();
         let mut last_error = Error::Unavailable("no broker address to try".into());
-        for address in self.cluster.addresses() {
-            let client = self.cluster.admin(&address)?;
+        for address in &addresses {
+            let client = self.cluster.admin(address)?;
             match attempt(client).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => {
@@ -55,7 +56,7 @@ impl Admin {
                 }
             }
         }
-        Err(last_error)
+        Err(no_node_answered(&addresses, last_error))
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {

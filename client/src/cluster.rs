@@ -40,6 +40,18 @@ pub(crate) struct Cluster {
     refresh_lock: tokio::sync::Mutex<()>,
 }
 
+/// The error of a request that every node failed: says which were tried, keeps the last
+/// error's kind (and so its retriability).
+pub(crate) fn no_node_answered(addresses: &[String], last_error: Error) -> Error {
+    let tried = addresses.join(", ");
+    match last_error {
+        Error::Unavailable(message) => Error::Unavailable(format!("no broker answered (tried {tried}): {message}")),
+        Error::Timeout(message) => Error::Timeout(format!("no broker answered in time (tried {tried}): {message}")),
+        Error::Transport(message) => Error::Transport(format!("no broker answered (tried {tried}): {message}")),
+        other => other,
+    }
+}
+
 /// Locks a mutex, ignoring poisoning: every critical section here leaves the data consistent.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -128,9 +140,10 @@ impl Cluster {
 
     /// Asks the nodes in turn for metadata; the first answer wins.
     pub(crate) async fn fetch_metadata(&self, topics: Vec<String>) -> Result<ClusterMetadata> {
+        let addresses = self.addresses();
         let mut last_error = Error::Unavailable("no broker address to try".into());
-        for address in self.addresses() {
-            let mut client = self.weir(&address)?;
+        for address in &addresses {
+            let mut client = self.weir(address)?;
             let request = self.request(
                 proto::MetadataRequest { topics: topics.clone() },
                 self.metadata_timeout(),
@@ -147,7 +160,7 @@ impl Cluster {
                 }
             }
         }
-        Err(last_error)
+        Err(no_node_answered(&addresses, last_error))
     }
 
     pub(crate) fn version(&self) -> u64 {
@@ -286,9 +299,9 @@ impl Cluster {
         true
     }
 
-    /// Runs `attempt` against the partition's leader, retrying retriable errors and (because
-    /// `attempt` must be a read) errors of unknown outcome, with backoff and metadata refreshes,
-    /// until `retry_timeout` has passed.
+    /// Runs `attempt` against the partition's leader, retrying retriable errors, unknown topics
+    /// and (because `attempt` must be a read) errors of unknown outcome, with backoff and
+    /// metadata refreshes, until `retry_timeout` has passed.
     pub(crate) async fn with_leader<T, F, Fut>(
         &self,
         topic: &str,
@@ -304,19 +317,20 @@ impl Cluster {
         let mut backoff = self.backoff();
         loop {
             let version = self.version();
-            let result = match self.leader_address(topic, partition).await {
-                Ok(address) => match self.weir(&address) {
-                    Ok(client) => attempt(client).await,
-                    Err(error) => Err(error),
+            // Errors from the cache (no such topic in metadata) are final; errors from a broker
+            // follow the retry rules below.
+            let (error, from_broker) = match self.leader_address(topic, partition).await {
+                Ok(address) => match attempt(self.weir(&address)?).await {
+                    Ok(value) => return Ok(value),
+                    Err(error) => (error, true),
                 },
-                Err(error) => Err(error),
-            };
-            let error = match result {
-                Ok(value) => return Ok(value),
-                Err(error) => error,
+                Err(error) => (error, false),
             };
             let delay = backoff.next_delay();
-            let retry = error.is_retriable() || error.is_outcome_unknown();
+            // A broker that does not know a topic the metadata names (just created, or deleted
+            // since) is asked again after a refresh; the cache ends that once metadata agrees.
+            let not_found = matches!(error, Error::TopicNotFound { .. } | Error::PartitionNotFound { .. });
+            let retry = error.is_retriable() || error.is_outcome_unknown() || (not_found && from_broker);
             if !retry || Instant::now() + delay >= deadline {
                 return Err(error);
             }

@@ -205,19 +205,28 @@ fn not_found(message: String, context: &Context<'_>) -> Error {
 
 /// Sorts the statuses that the client's transport produces. A status that tonic built from a
 /// local error carries that error as its source; one sent by the broker has none.
-fn transport(status: Status, message: String) -> Error {
+fn transport(status: Status, mut message: String) -> Error {
     let mut source = status.source();
     let mut from_client = false;
+    let mut kind = None;
     while let Some(error) = source {
         from_client = true;
         if error.is::<tonic::ConnectError>() {
             // The connection was never established, so the request was never sent.
-            return Error::Unavailable(message);
+            kind.get_or_insert(Error::Unavailable as fn(String) -> Error);
         }
         if error.is::<tonic::TimeoutExpired>() {
-            return Error::Timeout(message);
+            kind.get_or_insert(Error::Timeout as fn(String) -> Error);
+        }
+        // The status message is terse ("tcp connect error"); the cause is further down.
+        let text = error.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
         }
         source = error.source();
+    }
+    if let Some(kind) = kind {
+        return kind(message);
     }
     match (status.code(), from_client) {
         (Code::Unavailable, false) => Error::Unavailable(message),

@@ -63,21 +63,26 @@ async fn deliver(shared: &Shared, tp: &TopicPartition, batch: &ClosedBatch) -> R
     let mut backoff = cluster.backoff();
     loop {
         let version = cluster.version();
-        let error = match produce_once(shared, tp, batch).await {
-            Ok(response) => {
-                if response.record_count != 0 && response.record_count as usize != batch.record_count() {
-                    tracing::warn!(topic = %tp.topic, partition = tp.partition,
-                        sent = batch.record_count(), stored = response.record_count,
-                        "broker stored a different record count than sent");
+        // Errors from the cache (no such topic in metadata) are final; errors from a broker
+        // follow the retry rules below.
+        let (error, from_broker) = match cluster.leader_address(&tp.topic, tp.partition).await {
+            Ok(address) => match produce_once(shared, tp, batch, &address).await {
+                Ok(response) => {
+                    if response.record_count != 0 && response.record_count as usize != batch.record_count() {
+                        tracing::warn!(topic = %tp.topic, partition = tp.partition,
+                            sent = batch.record_count(), stored = response.record_count,
+                            "broker stored a different record count than sent");
+                    }
+                    return Ok(response.base_offset);
                 }
-                return Ok(response.base_offset);
-            }
-            Err(error) => error,
+                Err(error) => (error, true),
+            },
+            Err(error) => (error, false),
         };
         // The broker refuses a produce for a topic or partition it does not know yet before
         // appending anything, so those are safe to retry too (a topic just created).
-        let retriable =
-            error.is_retriable() || matches!(error, Error::TopicNotFound { .. } | Error::PartitionNotFound { .. });
+        let not_found = matches!(error, Error::TopicNotFound { .. } | Error::PartitionNotFound { .. });
+        let retriable = error.is_retriable() || (not_found && from_broker);
         let delay = backoff.next_delay();
         if !retriable || Instant::now() + delay >= deadline {
             return Err(error);
@@ -88,10 +93,14 @@ async fn deliver(shared: &Shared, tp: &TopicPartition, batch: &ClosedBatch) -> R
     }
 }
 
-async fn produce_once(shared: &Shared, tp: &TopicPartition, batch: &ClosedBatch) -> Result<proto::ProduceResponse> {
+async fn produce_once(
+    shared: &Shared,
+    tp: &TopicPartition,
+    batch: &ClosedBatch,
+    address: &str,
+) -> Result<proto::ProduceResponse> {
     let cluster = &shared.cluster;
-    let address = cluster.leader_address(&tp.topic, tp.partition).await?;
-    let mut client = cluster.weir(&address)?;
+    let mut client = cluster.weir(address)?;
     let request_timeout = cluster.config().request_timeout();
     let acks = match shared.config.acks {
         Acks::All => proto::Acks::All,
