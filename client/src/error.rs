@@ -10,7 +10,8 @@
 //! | OUT_OF_RANGE                      | `OffsetOutOfRange` (range from metadata)  |
 //! | RESOURCE_EXHAUSTED                | `ResourceExhausted`                       |
 //! | FAILED_PRECONDITION               | `NotLeader` (hint from metadata)          |
-//! | UNAVAILABLE (from the broker)     | `Unavailable`                             |
+//! | UNAVAILABLE (from the broker)     | `Unavailable`, or `Timeout` if its message |
+//! |                                   | says the outcome is unknown               |
 //! | UNAVAILABLE (could not connect)   | `Unavailable`: the request was never sent |
 //! | DEADLINE_EXCEEDED, client timeout | `Timeout`: outcome unknown                |
 //! | connection lost mid-request       | `Transport`: outcome unknown              |
@@ -135,7 +136,7 @@ impl Error {
             },
             Code::ResourceExhausted => Error::ResourceExhausted {
                 // The wire contract distinguishes a full queue only by its message.
-                retriable: message.to_ascii_lowercase().contains("queue"),
+                retriable: mentions(&message, &["queue", "retry later"]),
                 message,
             },
             Code::FailedPrecondition => Error::NotLeader {
@@ -229,10 +230,21 @@ fn transport(status: Status, mut message: String) -> Error {
         return kind(message);
     }
     match (status.code(), from_client) {
+        // The contract makes UNAVAILABLE retriable, but the broker also answers it when a
+        // write's fate is open (leadership lost after the proposal, replica stopped) and says
+        // so in the message; retrying those could store the records twice.
+        (Code::Unavailable, false) if mentions(&message, &["outcome is unknown", "may or may not"]) => {
+            Error::Timeout(message)
+        }
         (Code::Unavailable, false) => Error::Unavailable(message),
         (Code::Cancelled, false) => Error::Timeout(message),
         _ => Error::Transport(message),
     }
+}
+
+fn mentions(message: &str, phrases: &[&str]) -> bool {
+    let message = message.to_ascii_lowercase();
+    phrases.iter().any(|phrase| message.contains(phrase))
 }
 
 fn metadata_str(status: &Status, key: &str) -> Option<String> {
@@ -334,6 +346,15 @@ mod tests {
         let map = |status| Error::from_status(status, &Context::none());
         assert!(map(Status::unavailable("no leader yet")).is_retriable());
         assert!(map(Status::resource_exhausted("proposal queue full")).is_retriable());
+        assert!(map(Status::resource_exhausted("mailbox is full; retry later")).is_retriable());
+        let lost = map(Status::unavailable(
+            "leadership changed: it may or may not be in the log",
+        ));
+        assert!(lost.is_outcome_unknown() && !lost.is_retriable(), "{lost:?}");
+        let stopped = map(Status::unavailable(
+            "the partition replica stopped; the outcome is unknown",
+        ));
+        assert!(stopped.is_outcome_unknown(), "{stopped:?}");
         assert!(!map(Status::resource_exhausted("disk full")).is_retriable());
         let timeout = map(Status::deadline_exceeded("not committed in time"));
         assert!(matches!(timeout, Error::Timeout(_)));

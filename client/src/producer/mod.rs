@@ -170,7 +170,9 @@ impl Producer {
                 shared.config.batch_bytes_max
             )));
         }
-        let reservation = Reservation::acquire(&shared.buffer, record_bytes + RECORD_BOOKKEEPING_BYTES).await?;
+        // Capped at the whole buffer, so that one record of batch_bytes_max always fits in it.
+        let charge = (record_bytes + RECORD_BOOKKEEPING_BYTES).min(shared.config.buffer_bytes_max);
+        let reservation = Reservation::acquire(&shared.buffer, charge).await?;
         let partition = self.choose_partition(&record).await?;
         let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
         let (reply, receiver) = oneshot::channel();
