@@ -46,6 +46,9 @@ pub fn murmur2(data: &[u8]) -> u32 {
 }
 
 /// The partition of a keyed record.
+///
+/// # Panics
+/// If `partitions` is 0: every topic has at least one partition, so that is a caller's bug.
 pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
     assert!(partitions > 0, "a topic has at least one partition");
     (murmur2(key) & 0x7fff_ffff) % partitions

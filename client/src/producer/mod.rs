@@ -2,7 +2,7 @@
 //!
 //! `send` reserves room in a bounded buffer (waiting while it is full), picks the partition
 //! (explicit, key hash, or sticky: see [`crate::partitioner`]) and appends the record to that
-//! partition's open batch ([`accumulator`]). One sender task per partition ([`sender`]) sends
+//! partition's open batch (`accumulator`). One sender task per partition (`sender`) sends
 //! the partition's batches one at a time, so records of a partition are stored in the order they
 //! were sent, and retries retriable errors until `delivery_timeout_ms`. A batch whose outcome is
 //! unknown (timeout, connection lost mid-request) is not retried: its records fail with that
