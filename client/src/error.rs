@@ -8,10 +8,11 @@
 //! | ALREADY_EXISTS                    | `AlreadyExists`                           |
 //! | INVALID_ARGUMENT                  | `InvalidArgument`                         |
 //! | OUT_OF_RANGE                      | `OffsetOutOfRange` (range from metadata)  |
-//! | RESOURCE_EXHAUSTED                | `ResourceExhausted`                       |
+//! | RESOURCE_EXHAUSTED                | `ResourceExhausted` (retriable if metadata |
+//! |                                   | `weir-retriable` is `true`: a full queue) |
 //! | FAILED_PRECONDITION               | `NotLeader` (hint from metadata)          |
-//! | UNAVAILABLE (from the broker)     | `Unavailable`, or `Timeout` if its message |
-//! |                                   | says the outcome is unknown               |
+//! | UNAVAILABLE (from the broker)     | `Unavailable`: retriable                  |
+//! | ABORTED                           | `Timeout`: outcome unknown                |
 //! | UNAVAILABLE (could not connect)   | `Unavailable`: the request was never sent |
 //! | DEADLINE_EXCEEDED, client timeout | `Timeout`: outcome unknown                |
 //! | connection lost mid-request       | `Transport`: outcome unknown              |
@@ -23,6 +24,8 @@ use std::error::Error as StdError;
 use tonic::{Code, Status};
 use weir_proto::batch::BatchError;
 
+/// Metadata key marking a RESOURCE_EXHAUSTED status as retriable (a full queue).
+pub const RETRIABLE_KEY: &str = "weir-retriable";
 /// Metadata key of the leader's node id on a FAILED_PRECONDITION (not leader) status.
 pub const LEADER_KEY: &str = "weir-leader";
 /// Metadata key of the leader's address on a FAILED_PRECONDITION (not leader) status.
@@ -135,8 +138,7 @@ impl Error {
                 message,
             },
             Code::ResourceExhausted => Error::ResourceExhausted {
-                // The wire contract distinguishes a full queue only by its message.
-                retriable: mentions(&message, &["queue", "retry later"]),
+                retriable: metadata_str(&status, RETRIABLE_KEY).as_deref() == Some("true"),
                 message,
             },
             Code::FailedPrecondition => Error::NotLeader {
@@ -144,7 +146,7 @@ impl Error {
                 leader_address: metadata_str(&status, LEADER_ADDRESS_KEY),
                 message,
             },
-            Code::DeadlineExceeded => Error::Timeout(message),
+            Code::DeadlineExceeded | Code::Aborted => Error::Timeout(message),
             Code::DataLoss => Error::Corrupt(message),
             Code::Unavailable | Code::Cancelled | Code::Unknown => transport(status, message),
             _ => Error::Internal(format!("{:?}: {message}", status.code())),
@@ -230,21 +232,10 @@ fn transport(status: Status, mut message: String) -> Error {
         return kind(message);
     }
     match (status.code(), from_client) {
-        // The contract makes UNAVAILABLE retriable, but the broker also answers it when a
-        // write's fate is open (leadership lost after the proposal, replica stopped) and says
-        // so in the message; retrying those could store the records twice.
-        (Code::Unavailable, false) if mentions(&message, &["outcome is unknown", "may or may not"]) => {
-            Error::Timeout(message)
-        }
         (Code::Unavailable, false) => Error::Unavailable(message),
         (Code::Cancelled, false) => Error::Timeout(message),
         _ => Error::Transport(message),
     }
-}
-
-fn mentions(message: &str, phrases: &[&str]) -> bool {
-    let message = message.to_ascii_lowercase();
-    phrases.iter().any(|phrase| message.contains(phrase))
 }
 
 fn metadata_str(status: &Status, key: &str) -> Option<String> {
@@ -345,16 +336,11 @@ mod tests {
     fn retriability_follows_the_wire_contract() {
         let map = |status| Error::from_status(status, &Context::none());
         assert!(map(Status::unavailable("no leader yet")).is_retriable());
-        assert!(map(Status::resource_exhausted("proposal queue full")).is_retriable());
-        assert!(map(Status::resource_exhausted("mailbox is full; retry later")).is_retriable());
-        let lost = map(Status::unavailable(
-            "leadership changed: it may or may not be in the log",
-        ));
+        let mut full = Status::resource_exhausted("mailbox is full; retry later");
+        full.metadata_mut().insert(RETRIABLE_KEY, "true".parse().unwrap());
+        assert!(map(full).is_retriable());
+        let lost = map(Status::aborted("leadership changed: it may or may not be in the log"));
         assert!(lost.is_outcome_unknown() && !lost.is_retriable(), "{lost:?}");
-        let stopped = map(Status::unavailable(
-            "the partition replica stopped; the outcome is unknown",
-        ));
-        assert!(stopped.is_outcome_unknown(), "{stopped:?}");
         assert!(!map(Status::resource_exhausted("disk full")).is_retriable());
         let timeout = map(Status::deadline_exceeded("not committed in time"));
         assert!(matches!(timeout, Error::Timeout(_)));

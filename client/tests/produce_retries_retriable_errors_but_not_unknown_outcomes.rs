@@ -14,7 +14,10 @@ async fn produce_retries_retriable_errors_but_not_unknown_outcomes() -> anyhow::
     let producer = client.producer(ProducerConfig::default().linger_ms(0))?;
 
     store.fail_next_produce(Status::unavailable("no leader yet"));
-    store.fail_next_produce(Status::resource_exhausted("proposal queue full"));
+    let mut full = Status::resource_exhausted("mailbox full; retry later");
+    full.metadata_mut()
+        .insert(weir_client::error::RETRIABLE_KEY, "true".parse()?);
+    store.fail_next_produce(full);
     let metadata = producer.send(ProducerRecord::new("t").with_value("first")).await?;
     assert_eq!(metadata.offset, 0);
 

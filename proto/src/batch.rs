@@ -300,6 +300,12 @@ fn walk_records(body: &[u8]) -> Result<u32, BatchError> {
     Ok(count)
 }
 
+/// Byte range inside a record.
+type Span = (usize, usize);
+
+/// Key range and value range of one record header.
+type RawHeader = (Span, Option<Span>);
+
 /// Positions of one record's parts inside a body slice.
 struct RawRecord {
     total_length: usize,
@@ -307,8 +313,7 @@ struct RawRecord {
     timestamp_delta: i64,
     key: Option<(usize, usize)>,
     value: Option<(usize, usize)>,
-    /// (key range, value range) per header.
-    headers: Vec<((usize, usize), Option<(usize, usize)>)>,
+    headers: Vec<RawHeader>,
 }
 
 impl RawRecord {
