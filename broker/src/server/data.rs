@@ -146,7 +146,7 @@ impl Weir for DataService {
                     "the batch was not committed within {timeout:?}; it may or may not be in the log"
                 )))
             }
-            Ok(Err(_)) => return Err(Status::unavailable("the partition replica stopped; the outcome is unknown")),
+            Ok(Err(_)) => return Err(Status::aborted("the partition replica stopped; the outcome is unknown")),
             Ok(Ok(result)) => result.map_err(|e| from_propose(e, address))?,
         };
         Ok(Response::new(v1::ProduceResponse {

@@ -43,9 +43,13 @@ pub fn out_of_range(requested: u64, start: Offset, high_watermark: Offset) -> St
 pub fn from_propose(error: ProposeError, leader_address: impl Fn(NodeId) -> Option<String>) -> Status {
     match error {
         ProposeError::NotLeader { leader } => not_leader(leader, leader.and_then(&leader_address).as_deref()),
-        ProposeError::LeadershipLost { .. } => Status::unavailable(error.to_string()),
+        ProposeError::LeadershipLost { .. } => Status::aborted(error.to_string()),
         ProposeError::DiskFull(message) => Status::resource_exhausted(format!("disk full: {message}")),
-        ProposeError::Busy(_) => Status::resource_exhausted(error.to_string()),
+        ProposeError::Busy(_) => {
+            let mut status = Status::resource_exhausted(error.to_string());
+            status.metadata_mut().insert("weir-retriable", MetadataValue::from_static("true"));
+            status
+        }
         ProposeError::NoSuchGroup(_) => Status::not_found(error.to_string()),
         ProposeError::Failed(message) => Status::unavailable(format!("partition replica failed: {message}")),
         ProposeError::ShuttingDown => Status::unavailable(error.to_string()),
