@@ -1,0 +1,66 @@
+//! The broker binary refuses bad settings and a data directory in use, with a message that names
+//! the problem, and exits non-zero instead of starting half-configured.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
+
+fn run_to_exit(args: &[&str]) -> (bool, String) {
+    let output = Command::new(BROKER)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run weir-broker");
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn unknown_config_key_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, "[log]\nsegment_bytez_max = 1\n").unwrap();
+    let data = dir.path().join("data");
+    let (ok, stderr) = run_to_exit(&["--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("segment_bytez_max"), "{stderr}");
+}
+
+#[test]
+fn invalid_limit_names_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, "[log]\nsegment_bytes_max = 1000\n").unwrap();
+    let data = dir.path().join("data");
+    let (ok, stderr) = run_to_exit(&["--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("segment_bytes_max"), "{stderr}");
+}
+
+#[test]
+fn second_broker_on_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let mut first = Command::new(BROKER)
+        .args(["--data-dir", data, "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn weir-broker");
+    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listening = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("listening on") => break true,
+            Some(Ok(_)) if Instant::now() < deadline => continue,
+            _ => break false,
+        }
+    };
+    let (ok, stderr) = run_to_exit(&["--data-dir", data, "--listen", "127.0.0.1:0"]);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(listening, "the first broker did not start");
+    assert!(!ok);
+    assert!(stderr.contains("in use"), "{stderr}");
+}
