@@ -1,0 +1,153 @@
+//! File-system helpers: file names, preallocation, directory sync, removal.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::error::{io_error, LogError};
+use crate::types::RaftIndex;
+
+pub(super) const SEGMENT_SUFFIX: &str = ".log";
+pub(super) const INDEX_SUFFIX: &str = ".index";
+pub(super) const TIME_INDEX_SUFFIX: &str = ".timeindex";
+pub(super) const TMP_SUFFIX: &str = ".tmp";
+/// The preallocated next segment, renamed to `{base_index:020}.log` when the log rolls onto it.
+pub(super) const STANDBY_NAME: &str = "standby.log.tmp";
+
+/// Digits of a segment file name: enough for any u64.
+const NAME_DIGITS: usize = 20;
+
+pub(super) fn segment_path(dir: &Path, base: RaftIndex) -> PathBuf {
+    dir.join(format!("{:020}{SEGMENT_SUFFIX}", base.0))
+}
+
+pub(super) fn index_path(dir: &Path, base: RaftIndex) -> PathBuf {
+    dir.join(format!("{:020}{INDEX_SUFFIX}", base.0))
+}
+
+pub(super) fn time_index_path(dir: &Path, base: RaftIndex) -> PathBuf {
+    dir.join(format!("{:020}{TIME_INDEX_SUFFIX}", base.0))
+}
+
+/// What a file found in a partition directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FileKind {
+    Segment(RaftIndex),
+    Index(RaftIndex),
+    TimeIndex(RaftIndex),
+    /// A `*.tmp` file: a standby segment or a half-written state file. Deleted at open.
+    Temporary,
+    /// Anything else (state files, files of other tools): left alone.
+    Other,
+}
+
+pub(super) fn classify(name: &str) -> FileKind {
+    if name.ends_with(TMP_SUFFIX) {
+        return FileKind::Temporary;
+    }
+    let base = |suffix: &str| {
+        let stem = name.strip_suffix(suffix)?;
+        if stem.len() != NAME_DIGITS || !stem.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        stem.parse::<u64>().ok().map(RaftIndex)
+    };
+    if let Some(index) = base(SEGMENT_SUFFIX) {
+        FileKind::Segment(index)
+    } else if let Some(index) = base(INDEX_SUFFIX) {
+        FileKind::Index(index)
+    } else if let Some(index) = base(TIME_INDEX_SUFFIX) {
+        FileKind::TimeIndex(index)
+    } else {
+        FileKind::Other
+    }
+}
+
+/// Makes the directory's entries (created, renamed, removed files) durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// Allocates disk blocks for `[0, len)` of `file` (growing it if shorter), so that writes through
+/// a mapping of that range never need the file system to find space: a full disk shows up here
+/// as [`LogError::DiskFull`] instead of as SIGBUS later.
+pub(super) fn allocate(file: &File, path: &Path, len: u64) -> Result<(), LogError> {
+    let Ok(signed_len) = libc::off_t::try_from(len) else {
+        return Err(LogError::DiskFull {
+            path: path.to_path_buf(),
+            needed: len,
+        });
+    };
+    if signed_len == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain system call on a file descriptor we own.
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, signed_len) };
+    let error = if result == 0 {
+        return Ok(());
+    } else {
+        io::Error::last_os_error()
+    };
+    let error = match error.raw_os_error() {
+        // File systems without fallocate: posix_fallocate writes the blocks instead.
+        Some(libc::EOPNOTSUPP) => {
+            // SAFETY: as above.
+            match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, signed_len) } {
+                0 => return Ok(()),
+                code => io::Error::from_raw_os_error(code),
+            }
+        }
+        _ => error,
+    };
+    match error.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => Err(LogError::DiskFull {
+            path: path.to_path_buf(),
+            needed: len,
+        }),
+        _ => Err(io_error(path)(error)),
+    }
+}
+
+/// Removes a file; a file that is already gone is not an error.
+pub(super) fn remove_if_exists(path: &Path) -> Result<(), LogError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(io_error(path)(error)),
+    }
+}
+
+/// Milliseconds since the Unix epoch by the wall clock (0 if the clock is before 1970).
+pub(super) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_strangers_are_ignored() {
+        let dir = Path::new("/d");
+        let path = segment_path(dir, RaftIndex(42));
+        assert_eq!(path, Path::new("/d/00000000000000000042.log"));
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        assert_eq!(classify(name), FileKind::Segment(RaftIndex(42)));
+        assert_eq!(classify("00000000000000000042.index"), FileKind::Index(RaftIndex(42)));
+        assert_eq!(
+            classify("00000000000000000042.timeindex"),
+            FileKind::TimeIndex(RaftIndex(42))
+        );
+        assert_eq!(classify(STANDBY_NAME), FileKind::Temporary);
+        assert_eq!(classify("checkpoint.tmp"), FileKind::Temporary);
+        assert_eq!(classify("42.log"), FileKind::Other);
+        assert_eq!(classify("99999999999999999999.log"), FileKind::Other); // > u64::MAX
+        assert_eq!(classify("0000000000000000004x.log"), FileKind::Other);
+        assert_eq!(classify("checkpoint"), FileKind::Other);
+    }
+}
