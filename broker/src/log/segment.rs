@@ -156,8 +156,13 @@ impl Segment {
         let window = advanced
             .saturating_mul(2)
             .clamp(PREFAULT_WINDOW_MIN_BYTES, PREFAULT_WINDOW_MAX_BYTES);
-        let start = self.prefault_until.max(self.len);
+        // When the writer has caught up, leave it the next quarter window: both faulting the same
+        // pages would only make them wait on each other; split, they fault in parallel.
+        let start = self.prefault_until.max(reach.saturating_add(window / 4)).max(self.len);
         let end = reach.saturating_add(window).min(capacity);
+        if start >= end {
+            return;
+        }
         if prefault_async(&self.map, start, end) {
             self.prefault_mark = reach;
             self.prefault_until = end;
