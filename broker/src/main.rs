@@ -1,1 +1,69 @@
-fn main() {}
+//! `weir-broker`: starts one Weir broker.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use weir_broker::config::{BrokerConfig, Overrides};
+use weir_broker::node::Node;
+
+/// Weir broker. Settings come from defaults, then --config FILE (TOML), then WEIR_* environment
+/// variables, then flags.
+#[derive(Debug, Parser)]
+#[command(name = "weir-broker", version)]
+struct Args {
+    /// TOML config file.
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where partitions and metadata are stored [default: ./weir-data].
+    #[arg(long, env = "WEIR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to serve gRPC on [default: 127.0.0.1:9292]; port 0 picks a free port.
+    #[arg(long, env = "WEIR_LISTEN")]
+    listen: Option<String>,
+    /// Address clients are told to use for this node [default: the bound address].
+    #[arg(long, env = "WEIR_ADVERTISE")]
+    advertise: Option<String>,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or weir_broker=debug,raft=info.
+    #[arg(long, env = "WEIR_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = BrokerConfig::load(Overrides {
+        config: args.config,
+        data_dir: args.data_dir,
+        listen: args.listen,
+        advertise: args.advertise,
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weir-io")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let node = Node::start(config).await?;
+    // Scripts and tests wait for this line (and read the port from it when listening on :0).
+    println!("weir-broker listening on {} (data in {})", node.address(), data_dir.display());
+    tracing::info!(address = %node.address(), data_dir = %data_dir.display(), "serving");
+    let mut terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+        }
+    };
+    node.serve(shutdown).await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

@@ -112,8 +112,9 @@ impl PartitionLog {
     }
 
     /// Flushes everything, writes the index files and the checkpoint, then the clean-shutdown
-    /// marker, so that the next open reads no data.
-    pub fn close(mut self) -> Result<(), LogError> {
+    /// marker, so that the next open reads no data. Nothing may be appended afterwards (the
+    /// marker would lie); the owner drops the log after closing it.
+    pub fn close(&mut self) -> Result<(), LogError> {
         let batch = self.pending_flush();
         batch.run().map_err(io_error(&self.dir))?;
         self.mark_flushed(&batch)?;

@@ -14,7 +14,7 @@ use super::fsutil::{
 };
 use super::index::{decode_index, decode_time_index};
 use super::mapping::Mapping;
-use super::scan::{nonzero_end, valid_batch_follows, walk, Cursor};
+use super::scan::{nonzero_end, nonzero_end_within, valid_batch_follows, walk, Cursor};
 use super::segment::Segment;
 use super::{LogConfig, PartitionLog, RecoveryReport, SEGMENT_BYTES_LIMIT};
 use crate::types::{Offset, RaftIndex};
@@ -165,6 +165,17 @@ fn drop_below_start(dir: &Path, bases: &mut Vec<RaftIndex>, start: RaftIndex) ->
     Ok(())
 }
 
+/// Bytes after the data of a cleanly closed active segment that are checked to be zero. Only
+/// this window is read: scanning the whole preallocated segment would fault in every page of
+/// every partition's active segment at start. Damage further out is found by the next crash
+/// recovery (as a torn tail) and is never read before: reads stop at the data's end.
+const CLEAN_TAIL_CHECK_BYTES: u64 = 64 << 10;
+
+fn clean_tail(segment: &Segment) -> bool {
+    let window_end = segment.len + CLEAN_TAIL_CHECK_BYTES;
+    nonzero_end_within(&segment.file, &segment.map, segment.len, window_end) == segment.len
+}
+
 impl Loader<'_> {
     fn policy(&self, base: RaftIndex, is_last: bool) -> Policy {
         match self.marker {
@@ -200,7 +211,7 @@ impl Loader<'_> {
         let policy = self.policy(base, is_last);
         if let Policy::Durable { data_bytes } = policy {
             match load_index_files(self.dir, &mut segment, data_bytes) {
-                Ok(()) if !is_last || nonzero_end(&segment.file, &segment.map, segment.len) == segment.len => {
+                Ok(()) if !is_last || clean_tail(&segment) => {
                     segment.index_synced = true;
                     self.accept(segment, u64::MAX);
                     return Ok(Flow::Continue);

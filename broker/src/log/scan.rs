@@ -108,7 +108,12 @@ pub(super) fn walk(segment: &mut Segment, crc_from: u64, cursor: &mut Cursor, in
 /// file system where data lies (SEEK_DATA/SEEK_HOLE) so that the unwritten, preallocated part of
 /// an active segment is not read page by page.
 pub(super) fn nonzero_end(file: &File, map: &Mapping, from: u64) -> u64 {
-    let to = map.len();
+    nonzero_end_within(file, map, from, map.len())
+}
+
+/// Like [`nonzero_end`], looking only at `[from, to)`.
+pub(super) fn nonzero_end_within(file: &File, map: &Mapping, from: u64, to: u64) -> u64 {
+    let to = to.min(map.len());
     let mut end = from;
     let mut offset = from;
     while offset < to {

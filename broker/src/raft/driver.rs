@@ -165,7 +165,7 @@ impl RaftDriver {
             pre_vote: true,
             ..Default::default()
         };
-        let logger = self.logger.new(slog::o!("raft_id" => self.config.node_id.0, "group" => spec.id.0));
+        let logger = self.logger.new(slog::o!("group" => spec.id.0));
         let mut node = RawNode::new(&raft_config, storage, &logger)?;
         if single_voter {
             // A one-voter group need not wait an election timeout to lead.
