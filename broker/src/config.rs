@@ -117,36 +117,61 @@ impl BrokerConfig {
         let raft_defaults = RaftConfig::default();
         let l = &file.limits;
         let config = BrokerConfig {
-            data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("weir-data")),
-            listen: overrides.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:9292".into()),
+            data_dir: overrides
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("weir-data")),
+            listen: overrides
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:9292".into()),
             advertise: overrides.advertise.or(file.advertise),
             node_id: NodeId(1),
             limits: Limits {
                 request_bytes_max: l.request_bytes_max.unwrap_or(limit_defaults.request_bytes_max),
                 fetch_bytes_max: l.fetch_bytes_max.unwrap_or(limit_defaults.fetch_bytes_max),
                 fetch_wait_ms_max: l.fetch_wait_ms_max.unwrap_or(limit_defaults.fetch_wait_ms_max),
-                produce_timeout: l.produce_timeout_ms.map_or(limit_defaults.produce_timeout, Duration::from_millis),
+                produce_timeout: l
+                    .produce_timeout_ms
+                    .map_or(limit_defaults.produce_timeout, Duration::from_millis),
                 connections_max: l.connections_max.unwrap_or(limit_defaults.connections_max),
                 streams_per_connection_max: l
                     .streams_per_connection_max
                     .unwrap_or(limit_defaults.streams_per_connection_max),
                 stream_buffer_responses: limit_defaults.stream_buffer_responses,
-                partitions_per_topic_max: l.partitions_per_topic_max.unwrap_or(limit_defaults.partitions_per_topic_max),
+                partitions_per_topic_max: l
+                    .partitions_per_topic_max
+                    .unwrap_or(limit_defaults.partitions_per_topic_max),
             },
             batch_bytes_max: l.batch_bytes_max.unwrap_or(16 << 20),
             log: LogConfig {
                 segment_bytes_max: file.log.segment_bytes_max.unwrap_or(log_defaults.segment_bytes_max),
                 segment_age_ms_max: file.log.segment_age_ms_max.unwrap_or(log_defaults.segment_age_ms_max),
-                index_interval_bytes: file.log.index_interval_bytes.unwrap_or(log_defaults.index_interval_bytes),
-                retention_ms: file.log.retention_ms.map_or(log_defaults.retention_ms, |v| retention(Some(v))),
-                retention_bytes: file.log.retention_bytes.map_or(log_defaults.retention_bytes, |v| retention(Some(v))),
+                index_interval_bytes: file
+                    .log
+                    .index_interval_bytes
+                    .unwrap_or(log_defaults.index_interval_bytes),
+                retention_ms: file
+                    .log
+                    .retention_ms
+                    .map_or(log_defaults.retention_ms, |v| retention(Some(v))),
+                retention_bytes: file
+                    .log
+                    .retention_bytes
+                    .map_or(log_defaults.retention_bytes, |v| retention(Some(v))),
             },
             raft: RaftConfig {
                 threads: file.raft.threads.unwrap_or(raft_defaults.threads),
-                tick_interval: file.raft.tick_ms.map_or(raft_defaults.tick_interval, Duration::from_millis),
+                tick_interval: file
+                    .raft
+                    .tick_ms
+                    .map_or(raft_defaults.tick_interval, Duration::from_millis),
                 election_ticks: file.raft.election_ticks.unwrap_or(raft_defaults.election_ticks),
                 heartbeat_ticks: file.raft.heartbeat_ticks.unwrap_or(raft_defaults.heartbeat_ticks),
-                mailbox_messages_max: file.raft.mailbox_messages_max.unwrap_or(raft_defaults.mailbox_messages_max),
+                mailbox_messages_max: file
+                    .raft
+                    .mailbox_messages_max
+                    .unwrap_or(raft_defaults.mailbox_messages_max),
                 ..raft_defaults
             },
         };
@@ -157,22 +182,34 @@ impl BrokerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         if !(1024..=64 << 20).contains(&self.batch_bytes_max) {
-            return Err(invalid("limits.batch_bytes_max", "must be between 1024 and 67108864 (64 MiB)"));
+            return Err(invalid(
+                "limits.batch_bytes_max",
+                "must be between 1024 and 67108864 (64 MiB)",
+            ));
         }
         if l.request_bytes_max < self.batch_bytes_max as usize + 4096 {
             return Err(invalid(
                 "limits.request_bytes_max",
-                format!("must exceed batch_bytes_max ({}) by at least 4096", self.batch_bytes_max),
+                format!(
+                    "must exceed batch_bytes_max ({}) by at least 4096",
+                    self.batch_bytes_max
+                ),
             ));
         }
         if u64::from(self.batch_bytes_max) * 2 > self.log.segment_bytes_max {
             return Err(invalid(
                 "log.segment_bytes_max",
-                format!("must be at least twice limits.batch_bytes_max ({})", self.batch_bytes_max),
+                format!(
+                    "must be at least twice limits.batch_bytes_max ({})",
+                    self.batch_bytes_max
+                ),
             ));
         }
         if !(64 << 10..=1 << 34).contains(&self.log.segment_bytes_max) {
-            return Err(invalid("log.segment_bytes_max", "must be between 65536 and 17179869184 (16 GiB)"));
+            return Err(invalid(
+                "log.segment_bytes_max",
+                "must be between 65536 and 17179869184 (16 GiB)",
+            ));
         }
         if self.log.index_interval_bytes < 64 {
             return Err(invalid("log.index_interval_bytes", "must be at least 64"));
@@ -187,7 +224,10 @@ impl BrokerConfig {
         if r.threads == 0 || r.threads > 64 {
             return Err(invalid("raft.threads", "must be between 1 and 64"));
         }
-        if r.tick_interval < Duration::from_millis(10) || r.heartbeat_ticks == 0 || r.election_ticks <= r.heartbeat_ticks {
+        if r.tick_interval < Duration::from_millis(10)
+            || r.heartbeat_ticks == 0
+            || r.election_ticks <= r.heartbeat_ticks
+        {
             return Err(invalid(
                 "raft",
                 "tick_ms must be at least 10, heartbeat_ticks positive, election_ticks above heartbeat_ticks",

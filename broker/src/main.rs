@@ -54,7 +54,11 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let node = Node::start(config).await?;
     // Scripts and tests wait for this line (and read the port from it when listening on :0).
-    println!("weir-broker listening on {} (data in {})", node.address(), data_dir.display());
+    println!(
+        "weir-broker listening on {} (data in {})",
+        node.address(),
+        data_dir.display()
+    );
     tracing::info!(address = %node.address(), data_dir = %data_dir.display(), "serving");
     let mut terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let shutdown = async move {

@@ -103,7 +103,13 @@ impl Node {
     /// Serves until `shutdown` resolves, then finishes in-flight requests, closes every log
     /// (flush, index files, clean marker) and returns.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<(), NodeError> {
-        let result = server::serve(self.listener, self.cluster.clone(), self.config.limits.clone(), shutdown).await;
+        let result = server::serve(
+            self.listener,
+            self.cluster.clone(),
+            self.config.limits.clone(),
+            shutdown,
+        )
+        .await;
         tracing::info!("server stopped; closing partitions");
         drop(self.cluster);
         stop_driver(self.driver).await;
@@ -147,7 +153,10 @@ fn cluster_id(dir: &Path) -> Result<String, NodeError> {
         .map(|d| d.as_nanos())
         .unwrap_or(0)
         ^ u128::from(std::process::id()) << 64;
-    let id = format!("weir-{:016x}", crc32fast::hash(&seed.to_le_bytes()) as u64 | ((seed as u64) << 32));
+    let id = format!(
+        "weir-{:016x}",
+        crc32fast::hash(&seed.to_le_bytes()) as u64 | ((seed as u64) << 32)
+    );
     std::fs::write(&path, &id).map_err(io_error(&path))?;
     Ok(id)
 }

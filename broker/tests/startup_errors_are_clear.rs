@@ -13,7 +13,10 @@ fn run_to_exit(args: &[&str]) -> (bool, String) {
         .stdin(Stdio::null())
         .output()
         .expect("run weir-broker");
-    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -22,7 +25,12 @@ fn unknown_config_key_is_rejected() {
     let config = dir.path().join("weir.toml");
     std::fs::write(&config, "[log]\nsegment_bytez_max = 1\n").unwrap();
     let data = dir.path().join("data");
-    let (ok, stderr) = run_to_exit(&["--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    let (ok, stderr) = run_to_exit(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     assert!(!ok);
     assert!(stderr.contains("segment_bytez_max"), "{stderr}");
 }
@@ -33,7 +41,12 @@ fn invalid_limit_names_the_setting() {
     let config = dir.path().join("weir.toml");
     std::fs::write(&config, "[log]\nsegment_bytes_max = 1000\n").unwrap();
     let data = dir.path().join("data");
-    let (ok, stderr) = run_to_exit(&["--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    let (ok, stderr) = run_to_exit(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     assert!(!ok);
     assert!(stderr.contains("segment_bytes_max"), "{stderr}");
 }

@@ -35,11 +35,7 @@ pub enum ClusterError {
     #[error("unknown topic '{0}'")]
     UnknownTopic(String),
     #[error("topic '{topic}' has no partition {partition} (it has {count})")]
-    UnknownPartition {
-        topic: String,
-        partition: u32,
-        count: u32,
-    },
+    UnknownPartition { topic: String, partition: u32, count: u32 },
     #[error("partition {topic}/{partition} has no replica on this node")]
     NotReplica { topic: String, partition: u32 },
     #[error(transparent)]
@@ -310,7 +306,13 @@ impl Cluster {
         true
     }
 
-    async fn start_replica(&self, topic: String, assignment: PartitionAssignment, log_config: LogConfig, batch_bytes_max: u32) {
+    async fn start_replica(
+        &self,
+        topic: String,
+        assignment: PartitionAssignment,
+        log_config: LogConfig,
+        batch_bytes_max: u32,
+    ) {
         let dir = self.partition_dir(&topic, &assignment);
         let spec = GroupSpec {
             id: assignment.group,
@@ -373,7 +375,9 @@ impl Cluster {
     /// while this node was down).
     fn remove_orphan_dirs(&self) {
         let desired = self.desired_replicas();
-        let Ok(entries) = std::fs::read_dir(self.partitions_dir()) else { return };
+        let Ok(entries) = std::fs::read_dir(self.partitions_dir()) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             match group_of_dir(&path) {

@@ -201,7 +201,10 @@ mod tests {
         state.apply(RaftIndex(2), create("a", 3));
         state.apply(RaftIndex(3), create("a", 1));
         assert_eq!(state.outcome(RaftIndex(2)), Some(Ok(())));
-        assert_eq!(state.outcome(RaftIndex(3)), Some(Err(CommandError::TopicExists("a".into()))));
+        assert_eq!(
+            state.outcome(RaftIndex(3)),
+            Some(Err(CommandError::TopicExists("a".into())))
+        );
         let groups: Vec<_> = state.topics["a"].partitions.iter().map(|p| p.group).collect();
         assert_eq!(groups, vec![GroupId(1), GroupId(2), GroupId(3)]);
         state.apply(RaftIndex(4), Command::DeleteTopic { name: "a".into() });
@@ -212,10 +215,19 @@ mod tests {
             retention_ms: Some(10),
             ..Default::default()
         };
-        state.apply(RaftIndex(6), Command::AlterTopicConfig { name: "a".into(), config: update });
+        state.apply(
+            RaftIndex(6),
+            Command::AlterTopicConfig {
+                name: "a".into(),
+                config: update,
+            },
+        );
         assert_eq!(state.topics["a"].config.retention_ms, Some(10));
         state.apply(RaftIndex(7), Command::DeleteTopic { name: "zz".into() });
-        assert!(matches!(state.outcome(RaftIndex(7)), Some(Err(CommandError::UnknownTopic(_)))));
+        assert!(matches!(
+            state.outcome(RaftIndex(7)),
+            Some(Err(CommandError::UnknownTopic(_)))
+        ));
     }
 
     #[test]

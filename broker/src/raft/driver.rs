@@ -196,11 +196,15 @@ impl RaftDriver {
         if let Some((hard_state, conf_state)) = state_file::load(dir)? {
             return Ok((hard_state, conf_state));
         }
-        let mut hard_state = HardState::default();
         // A log restored without its state file keeps its terms: never go back in time.
-        hard_state.term = log.term(log.last_index()).map(|t| t.0).unwrap_or(0);
-        let mut conf_state = ConfState::default();
-        conf_state.voters = voters.iter().map(|id| id.0).collect();
+        let hard_state = HardState {
+            term: log.last_term().0,
+            ..Default::default()
+        };
+        let conf_state = ConfState {
+            voters: voters.iter().map(|id| id.0).collect(),
+            ..Default::default()
+        };
         state_file::store(dir, &hard_state, &conf_state)?;
         Ok((hard_state, conf_state))
     }
@@ -400,7 +404,9 @@ impl Shard {
             }
         }
         for (id, ready, _) in readies {
-            let Some(group) = self.groups.get_mut(&id) else { continue };
+            let Some(group) = self.groups.get_mut(&id) else {
+                continue;
+            };
             if group.failure.is_some() {
                 continue;
             }
@@ -445,4 +451,3 @@ fn close_group(group: &mut Group) -> Result<(), RaftError> {
     let mut log = write_log(&log);
     log.close().map_err(RaftError::from)
 }
-

@@ -79,7 +79,9 @@ impl Group {
         let log = self.log().clone();
         let mut log = write_log(&log);
         log.maybe_roll(now_ms).map_err(|e| e.to_string())?;
-        let deleted = log.apply_retention(now_ms, self.visible_index).map_err(|e| e.to_string())?;
+        let deleted = log
+            .apply_retention(now_ms, self.visible_index)
+            .map_err(|e| e.to_string())?;
         drop(log);
         if deleted > 0 {
             tracing::info!(group = %self.id, segments = deleted, "retention deleted segments");
@@ -133,7 +135,10 @@ impl Group {
     pub fn persist_ready(&mut self, ready: &mut raft::Ready) -> Result<bool, String> {
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
-            self.node.mut_store().apply_snapshot(&snapshot).map_err(|e| e.to_string())?;
+            self.node
+                .mut_store()
+                .apply_snapshot(&snapshot)
+                .map_err(|e| e.to_string())?;
         }
         self.apply_committed(ready.take_committed_entries())?;
         let entries = ready.take_entries();
@@ -182,16 +187,21 @@ impl Group {
             let conf_state = match entry.get_entry_type() {
                 EntryType::EntryNormal => continue,
                 EntryType::EntryConfChange => {
-                    let change: ConfChange = protobuf::Message::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
+                    let change: ConfChange =
+                        protobuf::Message::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
                     self.node.apply_conf_change(&change)
                 }
                 EntryType::EntryConfChangeV2 => {
-                    let change: ConfChangeV2 = protobuf::Message::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
+                    let change: ConfChangeV2 =
+                        protobuf::Message::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
                     self.node.apply_conf_change(&change)
                 }
             };
             let conf_state = conf_state.map_err(|e| e.to_string())?;
-            self.node.mut_store().set_conf_state(conf_state).map_err(|e| e.to_string())?;
+            self.node
+                .mut_store()
+                .set_conf_state(conf_state)
+                .map_err(|e| e.to_string())?;
         }
         if let Some(applier) = self.applier.as_mut() {
             applier.apply(&entries);
@@ -264,7 +274,9 @@ impl Group {
             if front.index > self.visible_index {
                 break;
             }
-            let Some(mut pending) = self.pending.pop_front() else { break };
+            let Some(mut pending) = self.pending.pop_front() else {
+                break;
+            };
             let term = log.term(pending.index).map_err(|e| e.to_string())?;
             let result = match pending.appended {
                 Some((base_offset, next_offset)) if term == pending.term => Ok(Committed {

@@ -79,10 +79,7 @@ pub enum RaftError {
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
     #[error("I/O error on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("group {0} already exists")]
     GroupExists(GroupId),
     #[error("the raft driver has stopped")]

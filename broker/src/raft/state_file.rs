@@ -25,10 +25,7 @@ pub const FILE_NAME: &str = "raft_state";
 #[derive(Debug, thiserror::Error)]
 pub enum StateFileError {
     #[error("I/O error on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("raft state file {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: &'static str },
 }
@@ -90,13 +87,17 @@ fn decode(bytes: &[u8]) -> Result<(HardState, ConfState), &'static str> {
     if cursor.take(4)? != MAGIC || cursor.take(1)? != [VERSION] {
         return Err("bad magic or version");
     }
-    let mut hard_state = HardState::default();
-    hard_state.term = cursor.u64()?;
-    hard_state.vote = cursor.u64()?;
-    hard_state.commit = cursor.u64()?;
-    let mut conf_state = ConfState::default();
-    conf_state.voters = cursor.ids()?;
-    conf_state.learners = cursor.ids()?;
+    let hard_state = HardState {
+        term: cursor.u64()?,
+        vote: cursor.u64()?,
+        commit: cursor.u64()?,
+        ..Default::default()
+    };
+    let conf_state = ConfState {
+        voters: cursor.ids()?,
+        learners: cursor.ids()?,
+        ..Default::default()
+    };
     if cursor.at != body.len() {
         return Err("trailing bytes");
     }
@@ -110,7 +111,11 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
-        let end = self.at.checked_add(n).filter(|end| *end <= self.bytes.len()).ok_or("truncated")?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or("truncated")?;
         let slice = &self.bytes[self.at..end];
         self.at = end;
         Ok(slice)
@@ -141,12 +146,16 @@ mod tests {
     fn round_trip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
         assert!(load(dir.path()).unwrap().is_none());
-        let mut hs = HardState::default();
-        hs.term = 5;
-        hs.vote = 2;
-        hs.commit = 99;
-        let mut cs = ConfState::default();
-        cs.voters = vec![1, 2, 3];
+        let hs = HardState {
+            term: 5,
+            vote: 2,
+            commit: 99,
+            ..Default::default()
+        };
+        let cs = ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
         store(dir.path(), &hs, &cs).unwrap();
         let (hs2, cs2) = load(dir.path()).unwrap().unwrap();
         assert_eq!((hs2, cs2), (hs, cs));

@@ -116,9 +116,11 @@ pub fn to_append(entry: &Entry) -> AppendEntry<'_> {
 }
 
 fn to_entry(stored: StoredEntry) -> Entry {
-    let mut entry = Entry::default();
-    entry.index = stored.index.0;
-    entry.term = stored.term.0;
+    let mut entry = Entry {
+        index: stored.index.0,
+        term: stored.term.0,
+        ..Default::default()
+    };
     entry.set_entry_type(match stored.kind {
         BatchKind::Records | BatchKind::Noop => EntryType::EntryNormal,
         BatchKind::ConfChange => EntryType::EntryConfChange,
@@ -185,8 +187,10 @@ impl raft::Storage for GroupStorage {
         // A Weir snapshot carries no data: it is the log start position (index, term, record
         // offset). The follower empties its log and continues from there with the leader's log.
         let start = read_log(&self.log).log_start();
-        let mut snapshot = Snapshot::default();
-        snapshot.data = encode_snapshot_offset(start.offset);
+        let mut snapshot = Snapshot {
+            data: encode_snapshot_offset(start.offset),
+            ..Default::default()
+        };
         let metadata = snapshot.mut_metadata();
         metadata.index = start.index.0;
         metadata.term = start.term.0;

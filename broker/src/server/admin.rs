@@ -119,7 +119,10 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn create_topic(&self, request: Request<v1::CreateTopicRequest>) -> Result<Response<v1::CreateTopicResponse>, Status> {
+    async fn create_topic(
+        &self,
+        request: Request<v1::CreateTopicRequest>,
+    ) -> Result<Response<v1::CreateTopicResponse>, Status> {
         let request = request.into_inner();
         validate_topic_name(&request.name).map_err(Status::invalid_argument)?;
         if request.partitions == 0 || request.partitions > self.partitions_per_topic_max {
@@ -152,7 +155,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn list_topics(&self, _request: Request<v1::ListTopicsRequest>) -> Result<Response<v1::ListTopicsResponse>, Status> {
+    async fn list_topics(
+        &self,
+        _request: Request<v1::ListTopicsRequest>,
+    ) -> Result<Response<v1::ListTopicsResponse>, Status> {
         let topics = self.cluster.with_state(|state| {
             state
                 .topics
@@ -168,12 +174,18 @@ impl Admin for AdminService {
         Ok(Response::new(v1::ListTopicsResponse { topics }))
     }
 
-    async fn describe_topic(&self, request: Request<v1::DescribeTopicRequest>) -> Result<Response<v1::TopicDescription>, Status> {
+    async fn describe_topic(
+        &self,
+        request: Request<v1::DescribeTopicRequest>,
+    ) -> Result<Response<v1::TopicDescription>, Status> {
         let topic = self.topic(&request.into_inner().name)?;
         Ok(Response::new(self.describe(&topic)))
     }
 
-    async fn alter_topic_config(&self, request: Request<v1::AlterTopicConfigRequest>) -> Result<Response<v1::TopicDescription>, Status> {
+    async fn alter_topic_config(
+        &self,
+        request: Request<v1::AlterTopicConfigRequest>,
+    ) -> Result<Response<v1::TopicDescription>, Status> {
         let request = request.into_inner();
         let current = self.topic(&request.name)?;
         let update = topic_config(request.set)?;
@@ -194,7 +206,10 @@ impl Admin for AdminService {
         Ok(Response::new(self.describe(&topic)))
     }
 
-    async fn delete_topic(&self, request: Request<v1::DeleteTopicRequest>) -> Result<Response<v1::DeleteTopicResponse>, Status> {
+    async fn delete_topic(
+        &self,
+        request: Request<v1::DeleteTopicRequest>,
+    ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
         let name = request.into_inner().name;
         self.topic(&name)?;
         let command = Command::DeleteTopic { name };
@@ -202,7 +217,10 @@ impl Admin for AdminService {
         Ok(Response::new(v1::DeleteTopicResponse {}))
     }
 
-    async fn cluster_status(&self, _request: Request<v1::ClusterStatusRequest>) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+    async fn cluster_status(
+        &self,
+        _request: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
         let me = self.cluster.node_id();
         let nodes = self
             .cluster
@@ -214,7 +232,9 @@ impl Admin for AdminService {
                 state: if *id == me { "up" } else { "unknown" }.to_string(),
             })
             .collect();
-        let topics = self.cluster.with_state(|state| state.topics.values().cloned().collect::<Vec<_>>());
+        let topics = self
+            .cluster
+            .with_state(|state| state.topics.values().cloned().collect::<Vec<_>>());
         let mut partitions = Vec::new();
         for topic in &topics {
             for assignment in &topic.partitions {

@@ -58,7 +58,10 @@ impl AsyncWrite for LimitedConnection {
 }
 
 /// The stream of accepted connections that tonic serves.
-pub fn limited(listener: TcpListener, connections_max: usize) -> impl Stream<Item = std::io::Result<LimitedConnection>> {
+pub fn limited(
+    listener: TcpListener,
+    connections_max: usize,
+) -> impl Stream<Item = std::io::Result<LimitedConnection>> {
     let permits = Arc::new(Semaphore::new(connections_max));
     futures::stream::unfold((listener, permits), |(listener, permits)| async move {
         loop {
@@ -74,7 +77,10 @@ pub fn limited(listener: TcpListener, connections_max: usize) -> impl Stream<Ite
             match permits.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let _ = stream.set_nodelay(true);
-                    let connection = LimitedConnection { stream, _permit: permit };
+                    let connection = LimitedConnection {
+                        stream,
+                        _permit: permit,
+                    };
                     return Some((Ok(connection), (listener, permits)));
                 }
                 Err(_) => {

@@ -51,7 +51,13 @@ impl DataService {
     }
 
     /// Reads committed batches at `offset`, waiting up to `wait` for some to arrive.
-    async fn fetch_once(&self, replica: &PartitionReplica, offset: u64, max_bytes: usize, wait: Duration) -> Result<v1::FetchResponse, Status> {
+    async fn fetch_once(
+        &self,
+        replica: &PartitionReplica,
+        offset: u64,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<v1::FetchResponse, Status> {
         let mut progress = replica.group.watch();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -126,7 +132,9 @@ impl Weir for DataService {
         let header = batch::validate(&request.batch, limit)
             .map_err(|error| Status::invalid_argument(format!("invalid record batch: {error}")))?;
         if header.kind != BatchKind::Records || header.record_count == 0 {
-            return Err(Status::invalid_argument("a produced batch must be a records batch with at least one record"));
+            return Err(Status::invalid_argument(
+                "a produced batch must be a records batch with at least one record",
+            ));
         }
         self.leader_check(&replica)?;
         let acks = match v1::Acks::try_from(request.acks) {
@@ -139,7 +147,10 @@ impl Weir for DataService {
             ms => Duration::from_millis(u64::from(ms)).min(self.limits.produce_timeout),
         };
         let address = |node| self.address_of(node);
-        let pending = replica.group.propose(request.batch.to_vec(), acks).map_err(|e| from_propose(e, address))?;
+        let pending = replica
+            .group
+            .propose(request.batch.to_vec(), acks)
+            .map_err(|e| from_propose(e, address))?;
         let committed = match tokio::time::timeout(timeout, pending).await {
             Err(_) => {
                 return Err(Status::deadline_exceeded(format!(
@@ -160,12 +171,17 @@ impl Weir for DataService {
         let request = request.into_inner();
         let replica = self.replica(&request.topic, request.partition)?;
         let (max_bytes, wait) = self.fetch_params(&request);
-        self.fetch_once(&replica, request.offset, max_bytes, wait).await.map(Response::new)
+        self.fetch_once(&replica, request.offset, max_bytes, wait)
+            .await
+            .map(Response::new)
     }
 
     type FetchStreamStream = FetchStream;
 
-    async fn fetch_stream(&self, request: Request<v1::FetchRequest>) -> Result<Response<Self::FetchStreamStream>, Status> {
+    async fn fetch_stream(
+        &self,
+        request: Request<v1::FetchRequest>,
+    ) -> Result<Response<Self::FetchStreamStream>, Status> {
         let request = request.into_inner();
         let replica = self.replica(&request.topic, request.partition)?;
         self.leader_check(&replica)?;
@@ -199,7 +215,10 @@ impl Weir for DataService {
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
-    async fn list_offsets(&self, request: Request<v1::ListOffsetsRequest>) -> Result<Response<v1::ListOffsetsResponse>, Status> {
+    async fn list_offsets(
+        &self,
+        request: Request<v1::ListOffsetsRequest>,
+    ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
         let request = request.into_inner();
         let replica = self.replica(&request.topic, request.partition)?;
         self.leader_check(&replica)?;

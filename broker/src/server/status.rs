@@ -32,7 +32,10 @@ pub fn out_of_range(requested: u64, start: Offset, high_watermark: Offset) -> St
         "offset {requested} is out of range: valid offsets are {start}..={high_watermark} \
          (log start {start}, high watermark {high_watermark})"
     ));
-    for (key, value) in [("weir-log-start-offset", start), ("weir-high-watermark", high_watermark)] {
+    for (key, value) in [
+        ("weir-log-start-offset", start),
+        ("weir-high-watermark", high_watermark),
+    ] {
         if let Ok(value) = MetadataValue::try_from(value.0.to_string()) {
             status.metadata_mut().insert(key, value);
         }
@@ -47,7 +50,9 @@ pub fn from_propose(error: ProposeError, leader_address: impl Fn(NodeId) -> Opti
         ProposeError::DiskFull(message) => Status::resource_exhausted(format!("disk full: {message}")),
         ProposeError::Busy(_) => {
             let mut status = Status::resource_exhausted(error.to_string());
-            status.metadata_mut().insert("weir-retriable", MetadataValue::from_static("true"));
+            status
+                .metadata_mut()
+                .insert("weir-retriable", MetadataValue::from_static("true"));
             status
         }
         ProposeError::NoSuchGroup(_) => Status::not_found(error.to_string()),

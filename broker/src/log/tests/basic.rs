@@ -255,7 +255,7 @@ fn bad_requests_get_clear_errors() {
 #[test]
 fn clean_close_then_open_reads_no_data() {
     let dir = tempfile::tempdir().unwrap();
-    let log = filled_log(dir.path());
+    let mut log = filled_log(dir.path());
     let (segments, before) = (log.segment_count(), read_records(&log, 0));
     log.close().unwrap();
     let (log, report) = open(dir.path(), small_config(4096));

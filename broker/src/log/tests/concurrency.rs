@@ -66,7 +66,7 @@ fn readers_use_their_views_while_the_writer_moves_on() {
     for reader in readers {
         assert!(reader.join().unwrap() > 0);
     }
-    let log = Arc::try_unwrap(log).ok().unwrap().into_inner().unwrap();
+    let mut log = Arc::try_unwrap(log).ok().unwrap().into_inner().unwrap();
     assert!(log.start_offset() > Offset(0), "retention ran");
     assert_eq!(log.next_offset(), Offset(9_000));
     log.close().unwrap();

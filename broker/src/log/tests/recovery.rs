@@ -135,7 +135,7 @@ fn corruption_in_the_middle_of_the_active_segment_fails_open() {
 fn corruption_in_a_sealed_segment_is_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let positions = crashed_log(dir.path(), 40);
-    let (log, _) = open(dir.path(), small_config(SEGMENT));
+    let (mut log, _) = open(dir.path(), small_config(SEGMENT));
     log.close().unwrap();
     let (first_base, position) = positions[3];
     assert_eq!(first_base, 1);
@@ -168,7 +168,7 @@ fn corruption_in_a_sealed_segment_is_never_served() {
 fn damaged_index_files_are_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     crashed_log(dir.path(), 60);
-    let (log, _) = open(dir.path(), small_config(SEGMENT));
+    let (mut log, _) = open(dir.path(), small_config(SEGMENT));
     let expected = read_records(&log, 0);
     let stamp = log.offset_for_timestamp(30).unwrap();
     log.close().unwrap();
@@ -244,7 +244,7 @@ fn damage_in_an_unflushed_sealed_segment() {
 fn a_clean_marker_does_not_hide_garbage_after_the_data() {
     let dir = tempfile::tempdir().unwrap();
     crashed_log(dir.path(), 30);
-    let (log, _) = open(dir.path(), small_config(SEGMENT));
+    let (mut log, _) = open(dir.path(), small_config(SEGMENT));
     let (path, tail) = (log.active().path.clone(), log.active().len);
     log.close().unwrap();
     write_at(&path, tail + 10, b"leftover bytes");

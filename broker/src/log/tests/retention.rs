@@ -136,7 +136,7 @@ fn truncate_then_append_different_entries() {
     }
     check(&log);
     drop(log);
-    let (log, report) = open(dir.path(), small_config(SEGMENT));
+    let (mut log, report) = open(dir.path(), small_config(SEGMENT));
     assert_eq!(report.truncated_bytes, 0);
     check(&log);
     log.close().unwrap();
