@@ -61,3 +61,8 @@ pub use types::{
     BrokerInfo, ClusterMetadata, ClusterStatus, NodeStatus, PartitionDescription, PartitionMetadata, PartitionStatus,
     TopicConfig, TopicDescription, TopicMetadata, TopicSummary,
 };
+
+/// Compiles the README's Rust example, so it stays true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExample;
