@@ -251,6 +251,34 @@ pub fn check(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(header)
 }
 
+/// CRC state of a batch's body (everything after the header), computed once while checking a
+/// batch so that re-stamping its header does not read the body again.
+#[derive(Clone)]
+pub struct BodyCrc(crc32fast::Hasher);
+
+/// Like [`check`], and also returns the body's CRC for [`stamp_with_body`].
+pub fn check_with_body(buf: &[u8]) -> Result<(BatchHeader, BodyCrc), BatchError> {
+    let header = parse_header(buf)?;
+    let mut body = crc32fast::Hasher::new();
+    body.update(&buf[HEADER_LEN..header.length as usize]);
+    let computed = header_crc(buf, &body);
+    if computed != header.crc {
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
+    }
+    Ok((header, BodyCrc(body)))
+}
+
+/// The batch CRC from the header's covered bytes and the body's CRC.
+fn header_crc(batch: &[u8], body: &crc32fast::Hasher) -> u32 {
+    let mut whole = crc32fast::Hasher::new();
+    whole.update(&batch[CRC_START..HEADER_LEN]);
+    whole.combine(body);
+    whole.finalize()
+}
+
 /// Fully validates one untrusted batch that must fill `buf` exactly: header, CRC, and every
 /// record's framing, with the record count checked. `length_limit` bounds the batch size.
 pub fn validate(buf: &[u8], length_limit: usize) -> Result<BatchHeader, BatchError> {
@@ -387,11 +415,23 @@ impl RawRecord {
 
 /// Writes the broker-assigned fields into a stored batch and recomputes its CRC.
 pub fn stamp(batch: &mut [u8], term: u64, index: u64, base_offset: u64) {
+    write_stamp_fields(batch, term, index, base_offset);
+    let crc = compute_crc(batch);
+    batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// [`stamp`] for a batch whose body CRC is known (from [`check_with_body`]): only the header is
+/// read again. `body` must be the CRC of this batch's body.
+pub fn stamp_with_body(batch: &mut [u8], term: u64, index: u64, base_offset: u64, body: &BodyCrc) {
+    write_stamp_fields(batch, term, index, base_offset);
+    let crc = header_crc(batch, &body.0);
+    batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn write_stamp_fields(batch: &mut [u8], term: u64, index: u64, base_offset: u64) {
     batch[OFF_TERM..OFF_TERM + 8].copy_from_slice(&term.to_le_bytes());
     batch[OFF_INDEX..OFF_INDEX + 8].copy_from_slice(&index.to_le_bytes());
     batch[OFF_BASE_OFFSET..OFF_BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
-    let crc = compute_crc(batch);
-    batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Builds a batch with no records (`kind` other than `Records`) around an opaque payload.
@@ -710,6 +750,20 @@ mod tests {
         assert_eq!(records[1].key, None);
         assert_eq!(records[2].value, None);
         assert_eq!(records[2].headers[0].value, None);
+    }
+
+    #[test]
+    fn stamping_with_the_body_crc_matches_a_full_stamp() {
+        let mut full = sample();
+        let (_, body) = check_with_body(&full).unwrap();
+        let mut fast = full.clone();
+        stamp(&mut full, 9, 10, 11);
+        stamp_with_body(&mut fast, 9, 10, 11, &body);
+        assert_eq!(full, fast);
+        let mut bad = sample();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(check_with_body(&bad), Err(BatchError::CrcMismatch { .. })));
     }
 
     #[test]

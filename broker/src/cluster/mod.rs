@@ -99,7 +99,8 @@ impl Cluster {
             id: GroupId::CONTROLLER,
             dir: config.data_dir.join("controller"),
             log_config: LogConfig {
-                segment_bytes_max: 16 << 20,
+                // Metadata is small: a smaller segment keeps a tiny disk usable.
+                segment_bytes_max: config.log_defaults.segment_bytes_max.min(16 << 20),
                 ..LogConfig::default()
             },
             voters: config.nodes.keys().copied().collect(),

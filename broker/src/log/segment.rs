@@ -185,7 +185,7 @@ impl Segment {
     pub(super) fn write_batch(
         &mut self,
         bytes: &[u8],
-        restamp: Option<(Term, RaftIndex)>,
+        restamp: Option<(Term, RaftIndex, batch::BodyCrc)>,
         interval_bytes: u32,
     ) -> Result<BatchHeader, LogError> {
         let start = self.len;
@@ -194,8 +194,9 @@ impl Segment {
         // data, where no view or borrow points.
         let target = unsafe { self.map.bytes_mut(start, end) };
         target.copy_from_slice(bytes);
-        if let Some((term, index)) = restamp {
-            batch::stamp(target, term.0, index.0, self.next_offset.0);
+        if let Some((term, index, body_crc)) = restamp {
+            // The body was CRC-checked just before the copy: only the header is hashed again.
+            batch::stamp_with_body(target, term.0, index.0, self.next_offset.0, &body_crc);
         }
         match batch::parse_header(target) {
             Ok(header) => {

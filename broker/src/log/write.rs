@@ -32,8 +32,8 @@ impl Standby {
 /// its way from the leader, before the re-stamp would give it a fresh valid CRC), exact length,
 /// kind, a plausible record count and a size the log can store. The records themselves were
 /// walked by the caller (`batch::validate`).
-fn check_records(data: &[u8], control_reserve: u64) -> Result<(), LogError> {
-    let header = batch::check(data)?;
+fn check_records(data: &[u8], control_reserve: u64) -> Result<batch::BodyCrc, LogError> {
+    let (header, body_crc) = batch::check_with_body(data)?;
     let limit = (SEGMENT_BYTES_LIMIT - control_reserve) as usize;
     if header.length as usize != data.len() || data.len() > limit {
         return Err(BatchError::BadLength {
@@ -57,7 +57,7 @@ fn check_records(data: &[u8], control_reserve: u64) -> Result<(), LogError> {
         }
         .into());
     }
-    Ok(())
+    Ok(body_crc)
 }
 
 impl PartitionLog {
@@ -81,8 +81,12 @@ impl PartitionLog {
         );
         let control;
         let (bytes, restamp, reserve) = if entry.kind == BatchKind::Records {
-            check_records(entry.data, self.control_reserve())?;
-            (entry.data, Some((entry.term, entry.index)), self.control_reserve())
+            let body_crc = check_records(entry.data, self.control_reserve())?;
+            (
+                entry.data,
+                Some((entry.term, entry.index, body_crc)),
+                self.control_reserve(),
+            )
         } else {
             let next_offset = self.next_offset().0;
             control = batch::control_batch(entry.kind, entry.term.0, entry.index.0, next_offset, entry.data);
