@@ -173,6 +173,10 @@ pub struct BenchProduceArgs {
     pub linger_ms: u64,
     #[arg(long, default_value_t = 1024 * 1024)]
     pub batch_bytes_max: usize,
+    /// Bytes of records the producer holds unacknowledged; a smaller buffer trades throughput
+    /// for latency that is not dominated by queueing.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub buffer_bytes_max: usize,
 }
 
 #[derive(Debug, Args)]
