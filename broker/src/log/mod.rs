@@ -34,8 +34,10 @@
 //!
 //! - Records entries are the producer's batch, its CRC checked right before it is copied (on a
 //!   follower this catches a batch damaged on its way from the leader), then stamped in the
-//!   mapping with term, index and base offset (`batch::stamp`, which recomputes the CRC). Control entries (`Noop`, `ConfChange`,
-//!   `ConfChangeV2`) are `batch::control_batch`es with zero records around the opaque payload.
+//!   mapping with term, index and base offset (`batch::stamp_with_body`: the new CRC combines
+//!   the rehashed header with the body CRC from that check, so the body is read once). Control
+//!   entries (`Noop`, `ConfChange`, `ConfChangeV2`) are `batch::control_batch`es with zero
+//!   records around the opaque payload.
 //! - Offsets: the base offset of an entry is the sum of the record counts of all entries before
 //!   it. An entry's `next_offset` is its base offset plus its record count.
 //! - Invariants checked on recovery: each batch's index is the previous one plus one; terms never
@@ -122,7 +124,9 @@
 //! # Recovery
 //!
 //! With a matching clean-shutdown marker, open trusts the index files and reads no data (only
-//! the last batch header of each segment, and a zero check after the active segment's data).
+//! the last batch header of each segment, and a zero check of the 64 KiB after the active
+//! segment's data: scanning the whole preallocated tail would fault in every page of every
+//! partition at start).
 //! Otherwise:
 //!
 //! - Sealed segments below the checkpoint (all sealed segments when there is no valid checkpoint):

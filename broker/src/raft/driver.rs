@@ -145,6 +145,13 @@ impl RaftDriver {
         std::fs::create_dir_all(&spec.dir).map_err(io)?;
         let (log, report) = PartitionLog::open(&spec.dir, spec.log_config.clone())?;
         tracing::info!(group = %spec.id, dir = %spec.dir.display(), ?report, "opened log");
+        if report.truncated_durable_bytes > 0 {
+            tracing::error!(
+                group = %spec.id,
+                bytes = report.truncated_durable_bytes,
+                "recovery cut data that was already flushed (the files were damaged while the broker was down);                  entries acknowledged before may be lost on this replica"
+            );
+        }
         let (hard_state, conf_state) = self.initial_state(&spec.dir, &spec.voters, &log)?;
         let single_voter = conf_state.voters == [self.config.node_id.0];
         let applied = if spec.applier.is_some() {
