@@ -193,14 +193,13 @@ impl Weir for DataService {
             let mut offset = request.offset;
             let poll = Duration::from_millis(service.limits.fetch_wait_ms_max);
             loop {
-                let result = service.fetch_once(&replica, offset, max_bytes, poll).await;
+                // A client that goes away ends the task at once, not after the next long poll.
+                let result = tokio::select! {
+                    result = service.fetch_once(&replica, offset, max_bytes, poll) => result,
+                    _ = sender.closed() => return,
+                };
                 let stop = match &result {
-                    Ok(response) if response.batches.is_empty() => {
-                        if sender.is_closed() {
-                            return;
-                        }
-                        continue;
-                    }
+                    Ok(response) if response.batches.is_empty() => continue,
                     Ok(response) => {
                         offset = response.next_offset;
                         false
