@@ -24,6 +24,8 @@ mod group;
 mod logger;
 mod state_file;
 mod storage;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::time::Duration;
