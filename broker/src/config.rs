@@ -2,6 +2,7 @@
 //! variables, overridden by flags. Every limit is named with its unit last and validated at
 //! start with a message that says which setting is wrong and why.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub advertise: Option<String>,
+    pub node_id: Option<u64>,
+    pub peers: Option<String>,
 }
 
 /// The TOML file. Unknown keys are errors, so a typo does not silently keep a default.
@@ -28,6 +31,9 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
     advertise: Option<String>,
+    node_id: Option<u64>,
+    /// `1=host:port,2=host:port,...`: every node of the cluster, this one included.
+    peers: Option<String>,
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
@@ -79,6 +85,9 @@ pub struct BrokerConfig {
     /// The address clients are told to use for this node; defaults to the bound address.
     pub advertise: Option<String>,
     pub node_id: NodeId,
+    /// Every node's address (clients and peers use it), this one included; empty for a
+    /// one-node cluster, which advertises its listen address.
+    pub peers: BTreeMap<NodeId, String>,
     pub limits: Limits,
     pub batch_bytes_max: u32,
     pub log: LogConfig,
@@ -116,6 +125,11 @@ impl BrokerConfig {
         let log_defaults = LogConfig::default();
         let raft_defaults = RaftConfig::default();
         let l = &file.limits;
+        let node_id = NodeId(overrides.node_id.or(file.node_id).unwrap_or(1));
+        let peers = match overrides.peers.or(file.peers) {
+            Some(list) => parse_peers(&list)?,
+            None => BTreeMap::new(),
+        };
         let config = BrokerConfig {
             data_dir: overrides
                 .data_dir
@@ -126,7 +140,8 @@ impl BrokerConfig {
                 .or(file.listen)
                 .unwrap_or_else(|| "127.0.0.1:9292".into()),
             advertise: overrides.advertise.or(file.advertise),
-            node_id: NodeId(1),
+            node_id,
+            peers,
             limits: Limits {
                 request_bytes_max: l.request_bytes_max.unwrap_or(limit_defaults.request_bytes_max),
                 fetch_bytes_max: l.fetch_bytes_max.unwrap_or(limit_defaults.fetch_bytes_max),
@@ -180,6 +195,18 @@ impl BrokerConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.0 == 0 {
+            return Err(invalid("node_id", "must be at least 1"));
+        }
+        if !self.peers.is_empty() && !self.peers.contains_key(&self.node_id) {
+            return Err(invalid(
+                "peers",
+                format!(
+                    "must include this node ({}), with the address peers reach it at",
+                    self.node_id
+                ),
+            ));
+        }
         let l = &self.limits;
         if !(1024..=64 << 20).contains(&self.batch_bytes_max) {
             return Err(invalid(
@@ -240,6 +267,35 @@ impl BrokerConfig {
     }
 }
 
+/// `1=host:port,2=host:port`: node ids and the addresses clients and peers reach them at.
+fn parse_peers(list: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for item in list.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        let (id, address) = item
+            .split_once('=')
+            .ok_or_else(|| invalid("peers", format!("'{item}' is not ID=HOST:PORT")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| invalid("peers", format!("'{id}' in '{item}' is not a node id")))?;
+        let address = address.trim();
+        if id == 0
+            || address
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(invalid(
+                "peers",
+                format!("'{item}' is not ID=HOST:PORT with an id of at least 1"),
+            ));
+        }
+        if peers.insert(NodeId(id), address.to_string()).is_some() {
+            return Err(invalid("peers", format!("node {id} is listed twice")));
+        }
+    }
+    Ok(peers)
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -286,5 +342,22 @@ mod tests {
         })
         .unwrap_err();
         assert!(error.to_string().contains("segment_bytes_max"), "{error}");
+    }
+
+    #[test]
+    fn peers_parse_and_must_include_this_node() {
+        let peers = parse_peers("1=127.0.0.1:9292, 2=node-2:9292,3=[::1]:9292").unwrap();
+        assert_eq!(peers.len(), 3);
+        assert_eq!(peers[&NodeId(2)], "node-2:9292");
+        for bad in ["1", "x=a:1", "0=a:1", "1=a", "1=a:1,1=b:2", "1=:5"] {
+            assert!(parse_peers(bad).is_err(), "{bad}");
+        }
+        let error = BrokerConfig::load(Overrides {
+            node_id: Some(4),
+            peers: Some("1=a:1,2=b:2".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("must include this node"), "{error}");
     }
 }

@@ -25,6 +25,13 @@ struct Args {
     /// Address clients are told to use for this node [default: the bound address].
     #[arg(long, env = "WEIR_ADVERTISE")]
     advertise: Option<String>,
+    /// This node's id in the cluster [default: 1].
+    #[arg(long, env = "WEIR_NODE_ID")]
+    node_id: Option<u64>,
+    /// Every node of the cluster, this one included: 1=HOST:PORT,2=HOST:PORT,... Without it the
+    /// broker is a one-node cluster.
+    #[arg(long, env = "WEIR_PEERS")]
+    peers: Option<String>,
     /// Log filter (tracing EnvFilter syntax), e.g. info or weir_broker=debug,raft=info.
     #[arg(long, env = "WEIR_LOG", default_value = "info")]
     log: String,
@@ -41,6 +48,8 @@ fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         listen: args.listen,
         advertise: args.advertise,
+        node_id: args.node_id,
+        peers: args.peers,
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::cluster::{Cluster, ClusterConfig, ClusterError};
 use crate::config::BrokerConfig;
 use crate::raft::{RaftConfig, RaftDriver, RaftError};
-use crate::server;
+use crate::server::{self, PeerTransport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -38,16 +38,20 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
     }
 }
 
-/// A started broker, serving until [`Node::serve`]'s shutdown signal.
+/// A started broker: the gRPC server runs (peers need it to reach this node while it catches
+/// up), and the node has caught up with the controller or waited `READY_WAIT` for it.
 pub struct Node {
-    config: BrokerConfig,
-    listener: TcpListener,
     address: SocketAddr,
     driver: Arc<RaftDriver>,
     cluster: Arc<Cluster>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    stop_server: tokio::sync::oneshot::Sender<()>,
     /// Held for the life of the process: an exclusive lock on the data directory.
     _lock: File,
 }
+
+/// How long `start` waits for the controller before it reports the node started anyway.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Node {
     pub async fn start(config: BrokerConfig) -> Result<Self, NodeError> {
@@ -62,14 +66,21 @@ impl Node {
         let address = listener.local_addr().map_err(io_error(&config.data_dir))?;
         let advertised = config.advertise.clone().unwrap_or_else(|| address.to_string());
         let cluster_id = cluster_id(&config.data_dir)?;
-        let driver = Arc::new(RaftDriver::start(RaftConfig {
+        let nodes = if config.peers.is_empty() {
+            BTreeMap::from([(config.node_id, advertised)])
+        } else {
+            config.peers.clone()
+        };
+        let transport = PeerTransport::start(config.node_id, &nodes);
+        let raft_config = RaftConfig {
             node_id: config.node_id,
             ..config.raft.clone()
-        })?);
+        };
+        let driver = Arc::new(RaftDriver::start(raft_config, transport)?);
         let cluster_config = ClusterConfig {
             cluster_id,
             node_id: config.node_id,
-            nodes: BTreeMap::from([(config.node_id, advertised)]),
+            nodes,
             data_dir: config.data_dir.clone(),
             log_defaults: config.log.clone(),
             batch_bytes_max_default: config.batch_bytes_max,
@@ -81,12 +92,19 @@ impl Node {
                 return Err(error.into());
             }
         };
+        let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(server::serve(listener, cluster.clone(), config.limits.clone(), async {
+            let _ = stopped.await;
+        }));
+        if !cluster.wait_ready(READY_WAIT).await {
+            tracing::warn!("serving before catching up with the controller (no controller quorum yet)");
+        }
         Ok(Self {
-            config,
-            listener,
             address,
             driver,
             cluster,
+            server,
+            stop_server,
             _lock: lock,
         })
     }
@@ -103,17 +121,21 @@ impl Node {
     /// Serves until `shutdown` resolves, then finishes in-flight requests, closes every log
     /// (flush, index files, clean marker) and returns.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<(), NodeError> {
-        let result = server::serve(
-            self.listener,
-            self.cluster.clone(),
-            self.config.limits.clone(),
-            shutdown,
-        )
-        .await;
+        let mut server = self.server;
+        let result = tokio::select! {
+            result = &mut server => result,
+            _ = shutdown => {
+                let _ = self.stop_server.send(());
+                server.await
+            }
+        };
         tracing::info!("server stopped; closing partitions");
         drop(self.cluster);
         stop_driver(self.driver).await;
-        result.map_err(NodeError::from)
+        match result {
+            Ok(served) => served.map_err(NodeError::from),
+            Err(_) => Ok(()),
+        }
     }
 }
 

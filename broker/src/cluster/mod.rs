@@ -46,6 +46,8 @@ pub enum ClusterError {
     Timeout(Duration, &'static str),
     #[error("the cluster is shutting down")]
     ShuttingDown,
+    #[error("this node is still catching up with the controller; retry shortly")]
+    NotReady,
 }
 
 /// Static facts about the cluster this node belongs to.
@@ -87,6 +89,9 @@ pub struct Cluster {
     by_name: RwLock<HashMap<(String, PartitionId), GroupId>>,
     /// Serialises reconcile passes.
     reconciling: Mutex<()>,
+    /// True once the controller state was caught up with the controller leader and this node's
+    /// replicas were started from it; until then unknown topics may just not be known yet.
+    ready: watch::Sender<bool>,
 }
 
 impl Cluster {
@@ -122,13 +127,37 @@ impl Cluster {
             running: RwLock::new(HashMap::new()),
             by_name: RwLock::new(HashMap::new()),
             reconciling: Mutex::new(()),
+            ready: watch::channel(false).0,
         });
-        cluster.wait_controller_caught_up(Duration::from_secs(30)).await?;
-        cluster.reconcile().await;
-        cluster.remove_orphan_dirs();
         let background = cluster.clone();
-        tokio::spawn(async move { background.reconcile_forever().await });
+        tokio::spawn(async move { background.catch_up_then_reconcile().await });
         Ok(cluster)
+    }
+
+    /// Waits (in the background: peers may still be starting, and the server must already run
+    /// for them to reach this node) until the controller has a leader and this node applied
+    /// everything it committed; then starts this node's replicas, deletes data of partitions
+    /// deleted while it was down, and keeps reconciling.
+    async fn catch_up_then_reconcile(self: Arc<Self>) {
+        while let Err(error) = self.wait_controller_caught_up(Duration::from_secs(10)).await {
+            if matches!(error, ClusterError::ShuttingDown) {
+                return;
+            }
+            tracing::warn!(%error, "still waiting for the controller");
+        }
+        self.reconcile().await;
+        self.remove_orphan_dirs();
+        self.ready.send_replace(true);
+        self.reconcile_forever().await;
+    }
+
+    /// Waits up to `limit` until the node is caught up with the controller (see
+    /// [`Self::catch_up_then_reconcile`]); false if it is not yet.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let mut ready = self.ready.subscribe();
+        tokio::time::timeout(limit, ready.wait_for(|ready| *ready))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -141,6 +170,10 @@ impl Cluster {
 
     pub fn nodes(&self) -> &BTreeMap<NodeId, String> {
         &self.config.nodes
+    }
+
+    pub fn driver(&self) -> &Arc<RaftDriver> {
+        &self.driver
     }
 
     pub fn controller(&self) -> &GroupHandle {
@@ -205,7 +238,9 @@ impl Cluster {
                 return Ok(running.replica.clone());
             }
         }
+        let ready = *self.ready.borrow();
         self.with_state(|state| match state.topics.get(topic) {
+            None if !ready => Err(ClusterError::NotReady),
             None => Err(ClusterError::UnknownTopic(topic.to_string())),
             Some(t) if partition as usize >= t.partitions.len() => Err(ClusterError::UnknownPartition {
                 topic: topic.to_string(),
@@ -376,13 +411,16 @@ impl Cluster {
     /// while this node was down).
     fn remove_orphan_dirs(&self) {
         let desired = self.desired_replicas();
+        // Only groups the applied state allocated and dropped are orphans: a directory of a
+        // group newer than the state knows belongs to a topic this node has not applied yet.
+        let allocated = |group: GroupId| self.with_state(|state| state.allocated(group));
         let Ok(entries) = std::fs::read_dir(self.partitions_dir()) else {
             return;
         };
         for entry in entries.flatten() {
             let path = entry.path();
             match group_of_dir(&path) {
-                Some(group) if !desired.contains_key(&group) => {
+                Some(group) if allocated(group) && !desired.contains_key(&group) => {
                     tracing::info!(dir = %path.display(), "removing data of a deleted partition");
                     if let Err(error) = std::fs::remove_dir_all(&path) {
                         tracing::warn!(dir = %path.display(), %error, "cannot remove orphaned partition data");

@@ -106,6 +106,11 @@ impl ClusterState {
         self.outcomes.push_back((index, outcome));
     }
 
+    /// Whether `group` was ever allocated to a partition (it may have been deleted since).
+    pub fn allocated(&self, group: GroupId) -> bool {
+        group != GroupId::CONTROLLER && group.0 < self.next_group
+    }
+
     /// Records that an entry without a command (a no-op) was applied.
     pub fn skip(&mut self, index: RaftIndex) {
         self.applied = index;

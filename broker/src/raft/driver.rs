@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, watch};
 use super::group::Group;
 use super::logger::root_logger;
 use super::storage::{read_log, write_log, GroupStorage, SharedLog};
-use super::{state_file, Acks, Committed, GroupSpec, Progress, ProposeError, RaftConfig, RaftError, Role};
+use super::{state_file, Acks, Committed, GroupSpec, Progress, ProposeError, RaftConfig, RaftError, Role, Transport};
 use crate::log::PartitionLog;
 use crate::types::{GroupId, NodeId, RaftIndex, Term};
 
@@ -39,6 +39,11 @@ enum Command {
         group: GroupId,
         delete_data: bool,
         reply: oneshot::Sender<Result<(), RaftError>>,
+    },
+    /// A raft message from a peer.
+    Step {
+        group: GroupId,
+        message: Message,
     },
     Shutdown {
         reply: std::sync::mpsc::Sender<()>,
@@ -99,7 +104,7 @@ pub struct RaftDriver {
 }
 
 impl RaftDriver {
-    pub fn start(config: RaftConfig) -> Result<Self, RaftError> {
+    pub fn start(config: RaftConfig, transport: std::sync::Arc<dyn Transport>) -> Result<Self, RaftError> {
         let mut shards = Vec::new();
         let mut threads = Vec::new();
         for index in 0..config.threads.max(1) {
@@ -108,6 +113,7 @@ impl RaftDriver {
                 config: config.clone(),
                 groups: HashMap::new(),
                 mailbox: receiver,
+                transport: transport.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("raft-{index}"))
@@ -216,6 +222,12 @@ impl RaftDriver {
         Ok((hard_state, conf_state))
     }
 
+    /// Hands a raft message from a peer to its group's raft thread. Returns false when it was
+    /// dropped (mailbox full, or stopping): raft retransmits, so dropping is safe.
+    pub fn step(&self, group: GroupId, message: Message) -> bool {
+        self.shard(group).try_send(Command::Step { group, message }).is_ok()
+    }
+
     /// Stops the group's replica; with `delete_data`, removes its directory afterwards.
     pub async fn remove_group(&self, group: GroupId, delete_data: bool) -> Result<(), RaftError> {
         let (reply, receiver) = oneshot::channel();
@@ -273,6 +285,7 @@ struct Shard {
     config: RaftConfig,
     groups: HashMap<GroupId, Group>,
     mailbox: Receiver<Command>,
+    transport: std::sync::Arc<dyn Transport>,
 }
 
 enum Flow {
@@ -350,6 +363,12 @@ impl Shard {
                 let result = self.remove(group, delete_data);
                 let _ = reply.send(result);
             }
+            Command::Step { group, message } => match self.groups.get_mut(&group) {
+                Some(target) if target.failure.is_none() => target.step(message),
+                // A group this node has not started yet (the controller entry creating it is
+                // still on its way) or has failed: the sender retries.
+                _ => tracing::debug!(%group, from = message.from, "raft message for a group not running here"),
+            },
             Command::Shutdown { reply } => return Flow::Stop(reply),
         }
         Flow::Continue
@@ -397,7 +416,7 @@ impl Shard {
                 continue;
             }
             let mut ready = group.node.ready();
-            outbox.extend(ready.take_messages());
+            outbox.extend(ready.take_messages().into_iter().map(|message| (group.id, message)));
             match group.persist_ready(&mut ready) {
                 Ok(wrote) => readies.push((group.id, ready, wrote)),
                 Err(reason) => group.fail(reason),
@@ -418,18 +437,16 @@ impl Shard {
                 continue;
             }
             match group.advance(ready) {
-                Ok(messages) => outbox.extend(messages),
+                Ok(messages) => outbox.extend(messages.into_iter().map(|message| (id, message))),
                 Err(reason) => group.fail(reason),
             }
         }
         self.send(outbox);
     }
 
-    /// Sends raft messages to peers. A single-node cluster has none: a message here means a
-    /// group's configuration names a node this build cannot reach.
-    fn send(&self, messages: Vec<Message>) {
-        for message in messages {
-            tracing::warn!(to = message.to, kind = ?message.get_msg_type(), "dropping raft message to an unknown peer");
+    fn send(&self, messages: Vec<(GroupId, Message)>) {
+        if !messages.is_empty() {
+            self.transport.send(messages);
         }
     }
 }

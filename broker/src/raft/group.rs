@@ -95,6 +95,26 @@ impl Group {
         (leader != raft::INVALID_ID).then_some(NodeId(leader))
     }
 
+    /// Steps a message from a peer. Entries a leader sends must fit on this disk: when they do
+    /// not, the message is dropped (the leader retries) instead of failing the append later.
+    pub fn step(&mut self, message: raft::eraftpb::Message) {
+        let bytes: u64 = message
+            .entries
+            .iter()
+            .map(|e| e.data.len() as u64 + HEADER_LEN as u64)
+            .sum();
+        if bytes > 0 {
+            if let Err(error) = write_log(self.log()).reserve(self.unappended_bytes + bytes) {
+                tracing::warn!(group = %self.id, %error, "dropping entries from the leader: no room to store them");
+                return;
+            }
+            self.unappended_bytes += bytes;
+        }
+        if let Err(error) = self.node.step(message) {
+            tracing::debug!(group = %self.id, %error, "raft message not stepped");
+        }
+    }
+
     /// Proposes one entry; the reply completes when it is persisted (Leader) or committed (All).
     pub fn propose(&mut self, data: Vec<u8>, acks: Acks, reply: oneshot::Sender<Result<Committed, ProposeError>>) {
         if let Err(error) = self.check_proposal(data.len() as u64) {

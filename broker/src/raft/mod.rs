@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use driver::{GroupHandle, RaftDriver};
+pub use raft::eraftpb::Message as RaftMessage;
 pub use state_file::StateFileError;
 pub use storage::{read_log, write_log, SharedLog};
 
@@ -109,6 +110,25 @@ pub struct Progress {
     pub commit_index: RaftIndex,
     /// Why the replica stopped serving, if it did (storage failure, corruption).
     pub failure: Option<String>,
+}
+
+/// Carries raft messages to other nodes. The raft threads call `send` once per round with every
+/// message the round produced (each message names its destination node in `to`); delivery is
+/// best effort: raft retransmits what is lost. Implemented by the server layer (gRPC streams).
+pub trait Transport: Send + Sync {
+    fn send(&self, messages: Vec<(GroupId, raft::eraftpb::Message)>);
+}
+
+/// The transport of a one-node cluster: there is nobody to send to, so a message here means a
+/// group's configuration names a node this broker does not know.
+pub struct NoPeers;
+
+impl Transport for NoPeers {
+    fn send(&self, messages: Vec<(GroupId, raft::eraftpb::Message)>) {
+        for (group, message) in messages {
+            tracing::warn!(%group, to = message.to, kind = ?message.get_msg_type(), "dropping raft message to an unknown peer");
+        }
+    }
 }
 
 /// Receives a group's committed entries in order, on the group's raft thread. The controller

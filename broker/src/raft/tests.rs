@@ -20,11 +20,11 @@ fn batch(records: usize) -> Vec<u8> {
 }
 
 fn start(dir: &Path) -> (RaftDriver, GroupHandle) {
-    let driver = RaftDriver::start(RaftConfig {
+    let config = RaftConfig {
         threads: 1,
         ..RaftConfig::default()
-    })
-    .unwrap();
+    };
+    let driver = RaftDriver::start(config, std::sync::Arc::new(super::NoPeers)).unwrap();
     let handle = driver
         .add_group(GroupSpec {
             id: GroupId(7),

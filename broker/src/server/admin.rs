@@ -3,12 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-use weir_proto::v1::{self, admin_server::Admin};
+use weir_proto::v1::{self, admin_client::AdminClient, admin_server::Admin};
 
 use super::status::from_cluster;
-use crate::cluster::{validate_topic_name, Cluster, Command, TopicConfig, TopicState};
+use crate::cluster::{validate_topic_name, Cluster, ClusterError, Command, TopicConfig, TopicState};
 use crate::raft::read_log;
+use crate::raft::ProposeError;
 
 #[derive(Clone)]
 pub struct AdminService {
@@ -59,7 +61,32 @@ fn to_proto_config(config: &TopicConfig) -> v1::TopicConfig {
     }
 }
 
+/// Metadata key on an admin request one node forwarded to the controller leader: it is never
+/// forwarded again, so a stale leader hint cannot bounce a request around.
+const FORWARDED_KEY: &str = "weir-forwarded";
+
+fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED_KEY, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
 impl AdminService {
+    /// The controller leader's admin service, when this node does not lead the controller and
+    /// the request was not forwarded already.
+    async fn controller_leader(&self, was_forwarded: bool, error: &ClusterError) -> Option<AdminClient<Channel>> {
+        let ClusterError::Propose(ProposeError::NotLeader { leader: Some(leader) }) = error else {
+            return None;
+        };
+        if was_forwarded || *leader == self.cluster.node_id() {
+            return None;
+        }
+        let address = self.cluster.nodes().get(leader)?;
+        AdminClient::connect(format!("http://{address}")).await.ok()
+    }
+
     fn topic(&self, name: &str) -> Result<TopicState, Status> {
         validate_topic_name(name).map_err(Status::invalid_argument)?;
         self.cluster
@@ -103,11 +130,12 @@ impl AdminService {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         for partition in 0..partitions {
             while tokio::time::Instant::now() < deadline {
-                let ready = self
-                    .cluster
-                    .partition(name, partition)
-                    .map(|r| r.group.progress().leader.is_some())
-                    .unwrap_or(false);
+                // Partitions without a replica here are reported by the nodes that have one.
+                let ready = match self.cluster.partition(name, partition) {
+                    Ok(replica) => replica.group.progress().leader.is_some(),
+                    Err(ClusterError::NotReplica { .. }) => true,
+                    Err(_) => false,
+                };
                 if ready {
                     break;
                 }
@@ -123,7 +151,9 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
+        let was_forwarded = request.metadata().contains_key(FORWARDED_KEY);
         let request = request.into_inner();
+        let original = request.clone();
         validate_topic_name(&request.name).map_err(Status::invalid_argument)?;
         if request.partitions == 0 || request.partitions > self.partitions_per_topic_max {
             return Err(Status::invalid_argument(format!(
@@ -147,7 +177,12 @@ impl Admin for AdminService {
             config,
             nodes,
         };
-        self.cluster.propose(command).await.map_err(from_cluster)?;
+        if let Err(error) = self.cluster.propose(command).await {
+            return match self.controller_leader(was_forwarded, &error).await {
+                Some(mut leader) => leader.create_topic(forwarded(original)).await,
+                None => Err(from_cluster(error)),
+            };
+        }
         self.wait_ready(&request.name, request.partitions).await;
         let topic = self.topic(&request.name)?;
         Ok(Response::new(v1::CreateTopicResponse {
@@ -186,7 +221,9 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::AlterTopicConfigRequest>,
     ) -> Result<Response<v1::TopicDescription>, Status> {
+        let was_forwarded = request.metadata().contains_key(FORWARDED_KEY);
         let request = request.into_inner();
+        let original = request.clone();
         let current = self.topic(&request.name)?;
         let update = topic_config(request.set)?;
         let merged = self.cluster.effective_topic_config(&current.config.merged(&update));
@@ -201,7 +238,12 @@ impl Admin for AdminService {
             name: request.name.clone(),
             config: update,
         };
-        self.cluster.propose(command).await.map_err(from_cluster)?;
+        if let Err(error) = self.cluster.propose(command).await {
+            return match self.controller_leader(was_forwarded, &error).await {
+                Some(mut leader) => leader.alter_topic_config(forwarded(original)).await,
+                None => Err(from_cluster(error)),
+            };
+        }
         let topic = self.topic(&request.name)?;
         Ok(Response::new(self.describe(&topic)))
     }
@@ -210,10 +252,18 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::DeleteTopicRequest>,
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
-        let name = request.into_inner().name;
-        self.topic(&name)?;
-        let command = Command::DeleteTopic { name };
-        self.cluster.propose(command).await.map_err(from_cluster)?;
+        let was_forwarded = request.metadata().contains_key(FORWARDED_KEY);
+        let original = request.into_inner();
+        self.topic(&original.name)?;
+        let command = Command::DeleteTopic {
+            name: original.name.clone(),
+        };
+        if let Err(error) = self.cluster.propose(command).await {
+            return match self.controller_leader(was_forwarded, &error).await {
+                Some(mut leader) => leader.delete_topic(forwarded(original)).await,
+                None => Err(from_cluster(error)),
+            };
+        }
         Ok(Response::new(v1::DeleteTopicResponse {}))
     }
 

@@ -44,8 +44,13 @@ impl DataService {
             )));
         }
         if progress.role != Role::Leader {
-            let leader = progress.leader.filter(|l| *l != self.cluster.node_id());
-            return Err(not_leader(leader, leader.and_then(|l| self.address_of(l)).as_deref()));
+            let Some(leader) = progress.leader.filter(|l| *l != self.cluster.node_id()) else {
+                return Err(Status::unavailable(format!(
+                    "partition {}/{} has no leader yet; retry shortly",
+                    replica.topic, replica.partition
+                )));
+            };
+            return Err(not_leader(Some(leader), self.address_of(leader).as_deref()));
         }
         Ok(())
     }

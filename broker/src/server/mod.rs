@@ -9,13 +9,16 @@ mod admin;
 mod connections;
 mod data;
 mod status;
+mod transport;
+
+pub use transport::PeerTransport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use weir_proto::v1::{admin_server::AdminServer, weir_server::WeirServer};
+use weir_proto::v1::{admin_server::AdminServer, raft_server::RaftServer, weir_server::WeirServer};
 
 use crate::cluster::Cluster;
 
@@ -70,6 +73,10 @@ pub async fn serve(
         cluster: cluster.clone(),
         limits: Arc::new(limits.clone()),
     };
+    let raft = transport::RaftService {
+        node_id: cluster.node_id(),
+        driver: cluster.driver().clone(),
+    };
     let admin = admin::AdminService {
         cluster,
         partitions_per_topic_max: limits.partitions_per_topic_max,
@@ -86,6 +93,7 @@ pub async fn serve(
                 .max_encoding_message_size(limits.fetch_bytes_max.max(limits.request_bytes_max) + (1 << 20)),
         )
         .add_service(AdminServer::new(admin).max_decoding_message_size(1 << 20))
+        .add_service(RaftServer::new(raft).max_decoding_message_size(transport::RAFT_MESSAGE_BYTES_MAX))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

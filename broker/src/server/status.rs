@@ -45,6 +45,8 @@ pub fn out_of_range(requested: u64, start: Offset, high_watermark: Offset) -> St
 
 pub fn from_propose(error: ProposeError, leader_address: impl Fn(NodeId) -> Option<String>) -> Status {
     match error {
+        // No leader known (an election is running): retriable, there is nowhere to redirect to.
+        ProposeError::NotLeader { leader: None } => Status::unavailable("no leader yet; retry shortly"),
         ProposeError::NotLeader { leader } => not_leader(leader, leader.and_then(&leader_address).as_deref()),
         ProposeError::LeadershipLost { .. } => Status::aborted(error.to_string()),
         ProposeError::DiskFull(message) => Status::resource_exhausted(format!("disk full: {message}")),
@@ -82,6 +84,6 @@ pub fn from_cluster(error: ClusterError) -> Status {
         ClusterError::Propose(propose) => from_propose(propose, |_| None),
         ClusterError::Timeout(..) => Status::deadline_exceeded(error.to_string()),
         ClusterError::Raft(_) => Status::internal(error.to_string()),
-        ClusterError::ShuttingDown => Status::unavailable(error.to_string()),
+        ClusterError::ShuttingDown | ClusterError::NotReady => Status::unavailable(error.to_string()),
     }
 }

@@ -1,0 +1,151 @@
+//! Raft messages between nodes: one long-lived gRPC client stream per peer, carrying batches of
+//! messages of many groups; and the receiving side, which hands each message to its group's raft
+//! thread. Delivery is best effort (raft retransmits): a full queue or a broken connection drops
+//! messages, and the connection is re-established with backoff.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use weir_proto::v1::raft_client::RaftClient;
+use weir_proto::v1::raft_server::Raft;
+use weir_proto::v1::{RaftBatch, RaftEnvelope, RaftStreamResponse};
+
+use crate::raft::{RaftDriver, RaftMessage, Transport};
+use crate::types::{GroupId, NodeId};
+
+/// Batches of messages queued per peer before new ones are dropped.
+const PEER_QUEUE_BATCHES_MAX: usize = 1024;
+/// Longest wait between reconnection attempts.
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Largest message on a raft stream: entries are bounded by `message_bytes_max` per message.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 256 << 20;
+
+/// The sending side: a queue and a connection task per peer.
+pub struct PeerTransport {
+    node_id: NodeId,
+    peers: HashMap<NodeId, mpsc::Sender<Vec<RaftEnvelope>>>,
+}
+
+impl PeerTransport {
+    /// Starts a connection task for every node in `nodes` but this one. Call inside a runtime.
+    pub fn start(node_id: NodeId, nodes: &BTreeMap<NodeId, String>) -> Arc<Self> {
+        let mut peers = HashMap::new();
+        for (&peer, address) in nodes.iter().filter(|(id, _)| **id != node_id) {
+            let (sender, receiver) = mpsc::channel(PEER_QUEUE_BATCHES_MAX);
+            peers.insert(peer, sender);
+            tokio::spawn(peer_loop(node_id, peer, address.clone(), receiver));
+        }
+        Arc::new(Self { node_id, peers })
+    }
+}
+
+impl Transport for PeerTransport {
+    fn send(&self, messages: Vec<(GroupId, RaftMessage)>) {
+        let mut by_peer: HashMap<NodeId, Vec<RaftEnvelope>> = HashMap::new();
+        for (group, message) in messages {
+            let to = NodeId(message.to);
+            match message.write_to_bytes() {
+                Ok(bytes) => by_peer.entry(to).or_default().push(RaftEnvelope {
+                    group: group.0,
+                    message: bytes.into(),
+                }),
+                Err(error) => tracing::error!(%group, %error, "cannot encode a raft message"),
+            }
+        }
+        for (peer, envelopes) in by_peer {
+            match self.peers.get(&peer) {
+                Some(queue) => {
+                    if queue.try_send(envelopes).is_err() {
+                        tracing::debug!(%peer, "peer queue full or closed: raft messages dropped");
+                    }
+                }
+                None => tracing::warn!(from = %self.node_id, %peer, "raft message to a node outside the cluster"),
+            }
+        }
+    }
+}
+
+/// Keeps one client stream to `peer` open and feeds it from `queue`.
+async fn peer_loop(from: NodeId, peer: NodeId, address: String, mut queue: mpsc::Receiver<Vec<RaftEnvelope>>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let endpoint = format!("http://{address}");
+        let client = match tonic::transport::Endpoint::from_shared(endpoint) {
+            Ok(endpoint) => {
+                endpoint
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+            }
+            Err(error) => {
+                tracing::error!(%peer, %address, %error, "invalid peer address");
+                return;
+            }
+        };
+        let Ok(channel) = client else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+            // Messages queued while the peer is unreachable are stale by the time it is back.
+            while queue.try_recv().is_ok() {}
+            continue;
+        };
+        backoff = Duration::from_millis(50);
+        let (stream_sender, stream_receiver) = mpsc::channel(64);
+        let mut client = RaftClient::new(channel).max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+        let call = tokio::spawn(async move { client.stream(ReceiverStream::new(stream_receiver)).await });
+        tracing::info!(%peer, %address, "raft stream to peer open");
+        loop {
+            let Some(envelopes) = queue.recv().await else {
+                call.abort();
+                return;
+            };
+            let batch = RaftBatch {
+                from_node: from.0,
+                to_node: peer.0,
+                messages: envelopes,
+            };
+            if stream_sender.send(batch).await.is_err() {
+                break;
+            }
+        }
+        if let Ok(Err(status)) = call.await {
+            tracing::info!(%peer, %status, "raft stream to peer closed; reconnecting");
+        }
+    }
+}
+
+/// The receiving side: the `Raft` gRPC service.
+pub struct RaftService {
+    pub node_id: NodeId,
+    pub driver: Arc<RaftDriver>,
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn stream(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftStreamResponse>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.message().await? {
+            if batch.to_node != self.node_id.0 {
+                return Err(Status::invalid_argument(format!(
+                    "raft batch for node {} reached node {}: check --peers",
+                    batch.to_node, self.node_id
+                )));
+            }
+            for envelope in batch.messages {
+                match RaftMessage::parse_from_bytes(&envelope.message) {
+                    Ok(message) => {
+                        self.driver.step(GroupId(envelope.group), message);
+                    }
+                    Err(error) => return Err(Status::invalid_argument(format!("undecodable raft message: {error}"))),
+                }
+            }
+        }
+        Ok(Response::new(RaftStreamResponse {}))
+    }
+}
