@@ -65,11 +65,10 @@ impl Node {
             })?;
         let address = listener.local_addr().map_err(io_error(&config.data_dir))?;
         let advertised = config.advertise.clone().unwrap_or_else(|| address.to_string());
-        let cluster_id = cluster_id(&config.data_dir)?;
-        let nodes = if config.peers.is_empty() {
-            BTreeMap::from([(config.node_id, advertised)])
+        let (cluster_id, nodes) = if config.peers.is_empty() {
+            (cluster_id(&config.data_dir)?, BTreeMap::from([(config.node_id, advertised)]))
         } else {
-            config.peers.clone()
+            (peers_cluster_id(&config.peers), config.peers.clone())
         };
         let transport = PeerTransport::start(config.node_id, &nodes);
         let raft_config = RaftConfig {
@@ -161,7 +160,13 @@ fn lock_data_dir(dir: &Path) -> Result<File, NodeError> {
     Ok(file)
 }
 
-/// The cluster id stored in the data directory, chosen at first start.
+/// The id of a cluster formed from `--peers`: the same on every node given the same peers.
+fn peers_cluster_id(peers: &BTreeMap<crate::types::NodeId, String>) -> String {
+    let listed: Vec<String> = peers.iter().map(|(id, address)| format!("{id}={address}")).collect();
+    format!("weir-{:08x}", crc32fast::hash(listed.join(",").as_bytes()))
+}
+
+/// The id of a one-node cluster, stored in the data directory at first start.
 fn cluster_id(dir: &Path) -> Result<String, NodeError> {
     let path = dir.join("cluster_id");
     match std::fs::read_to_string(&path) {
