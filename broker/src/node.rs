@@ -66,7 +66,10 @@ impl Node {
         let address = listener.local_addr().map_err(io_error(&config.data_dir))?;
         let advertised = config.advertise.clone().unwrap_or_else(|| address.to_string());
         let (cluster_id, nodes) = if config.peers.is_empty() {
-            (cluster_id(&config.data_dir)?, BTreeMap::from([(config.node_id, advertised)]))
+            (
+                cluster_id(&config.data_dir)?,
+                BTreeMap::from([(config.node_id, advertised)]),
+            )
         } else {
             (peers_cluster_id(&config.peers), config.peers.clone())
         };

@@ -19,36 +19,39 @@ fn run_to_exit(args: &[&str]) -> (bool, String) {
     )
 }
 
-#[test]
-fn unknown_config_key_is_rejected() {
+/// Starts the broker with a config file holding `contents`; returns (exited ok, stderr).
+fn run_with_config(contents: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("weir.toml");
-    std::fs::write(&config, "[log]\nsegment_bytez_max = 1\n").unwrap();
+    std::fs::write(&config, contents).unwrap();
     let data = dir.path().join("data");
-    let (ok, stderr) = run_to_exit(&[
+    run_to_exit(&[
         "--config",
         config.to_str().unwrap(),
         "--data-dir",
         data.to_str().unwrap(),
-    ]);
+    ])
+}
+
+#[test]
+fn unknown_config_key_is_rejected() {
+    let (ok, stderr) = run_with_config("[log]\nsegment_bytez_max = 1\n");
     assert!(!ok);
     assert!(stderr.contains("segment_bytez_max"), "{stderr}");
 }
 
 #[test]
 fn invalid_limit_names_the_setting() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("weir.toml");
-    std::fs::write(&config, "[log]\nsegment_bytes_max = 1000\n").unwrap();
-    let data = dir.path().join("data");
-    let (ok, stderr) = run_to_exit(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let (ok, stderr) = run_with_config("[log]\nsegment_bytes_max = 1000\n");
     assert!(!ok);
     assert!(stderr.contains("segment_bytes_max"), "{stderr}");
+}
+
+#[test]
+fn peers_without_this_node_are_refused() {
+    let (ok, stderr) = run_with_config("node_id = 4\npeers = \"1=127.0.0.1:1,2=127.0.0.1:2\"\n");
+    assert!(!ok);
+    assert!(stderr.contains("must include this node"), "{stderr}");
 }
 
 #[test]

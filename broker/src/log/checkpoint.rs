@@ -68,8 +68,9 @@ fn decode<const N: usize>(buf: &[u8], magic: [u8; 4]) -> Result<[u64; N], &'stat
     Ok(fields)
 }
 
-/// Replaces `dir/name` atomically and durably with `bytes`.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LogError> {
+/// Replaces `dir/name` atomically and durably with `bytes`: a crash leaves the old or the new
+/// contents, never a mix (write to `name.tmp`, fsync, rename, fsync the directory).
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LogError> {
     let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
     let path = dir.join(name);
     let mut file = File::create(&tmp).map_err(io_error(&tmp))?;

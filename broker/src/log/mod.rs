@@ -182,6 +182,7 @@
 //! last entry of the deleted segment (persisted before the files go).
 
 mod checkpoint;
+pub use checkpoint::write_atomic;
 mod error;
 mod flush;
 mod fsutil;

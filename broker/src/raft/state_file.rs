@@ -8,12 +8,11 @@
 //! .. 4  CRC-32 of everything before it
 //! ```
 //!
-//! Written whole to `raft_state.tmp`, fsynced, renamed over `raft_state`, directory fsynced: a
-//! crash leaves either the old or the new file. Term and vote must be durable before any message
+//! Written with the log's `write_atomic` (to `raft_state.tmp`, fsync, rename, fsync the
+//! directory): a crash leaves either the old or the new file. Term and vote must be durable before any message
 //! that depends on them leaves the node; the commit index may lag (Raft re-learns it).
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use raft::eraftpb::{ConfState, HardState};
@@ -26,6 +25,8 @@ pub const FILE_NAME: &str = "raft_state";
 pub enum StateFileError {
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Write(#[from] crate::log::LogError),
     #[error("raft state file {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: &'static str },
 }
@@ -45,18 +46,8 @@ pub fn load(dir: &Path) -> Result<Option<(HardState, ConfState)>, StateFileError
 
 /// Durably replaces the state file in `dir`.
 pub fn store(dir: &Path, hard_state: &HardState, conf_state: &ConfState) -> Result<(), StateFileError> {
-    let bytes = encode(hard_state, conf_state);
-    let path = dir.join(FILE_NAME);
-    let tmp = dir.join("raft_state.tmp");
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StateFileError::Io { path, source }
-    };
-    let mut file = File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(&bytes).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io(&path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    crate::log::write_atomic(dir, FILE_NAME, &encode(hard_state, conf_state))?;
+    Ok(())
 }
 
 fn encode(hard_state: &HardState, conf_state: &ConfState) -> Vec<u8> {
