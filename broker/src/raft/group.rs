@@ -242,8 +242,8 @@ impl Group {
         messages.extend(light.take_messages());
         self.apply_committed(light.take_committed_entries())?;
         self.node.advance_apply();
-        self.complete_persisted();
         self.publish()?;
+        self.complete_persisted();
         Ok(messages)
     }
 
@@ -269,8 +269,17 @@ impl Group {
     fn publish(&mut self) -> Result<(), String> {
         let raft_log = &self.node.raft.raft_log;
         let visible = RaftIndex(raft_log.committed.min(raft_log.persisted));
-        if visible > self.visible_index {
-            self.visible_index = visible;
+        let advanced = visible > self.visible_index;
+        self.visible_index = self.visible_index.max(visible);
+        // Progress first, answers second: a producer that hears "committed" and fetches at once
+        // must find the high watermark already past its record.
+        let progress = self.current_progress()?;
+        self.progress.send_if_modified(|current| {
+            let changed = *current != progress;
+            *current = progress;
+            changed
+        });
+        if advanced {
             self.complete_committed()?;
         }
         if self.node.raft.state != StateRole::Leader && !self.pending.is_empty() {
@@ -279,12 +288,6 @@ impl Group {
                 pending.answer(Err(ProposeError::LeadershipLost { leader }));
             }
         }
-        let progress = self.current_progress()?;
-        self.progress.send_if_modified(|current| {
-            let changed = *current != progress;
-            *current = progress;
-            changed
-        });
         Ok(())
     }
 
