@@ -1,0 +1,329 @@
+//! [`BrokerProcess`]: one `weir-broker` process on a data directory.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use tonic::transport::Channel;
+use weir_client::{Client, ClientConfig};
+use weir_proto::v1::admin_client::AdminClient;
+use weir_proto::v1::weir_client::WeirClient;
+
+use crate::binaries;
+use crate::cli::{self, CliOutput};
+use crate::process;
+
+/// How long a broker may take from spawn to its "listening on" line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a broker may take to exit after SIGTERM (flush, clean markers) before it is killed.
+pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lines of the broker's log shown in an error or after a failed test.
+const LOG_TAIL_LINES: usize = 200;
+
+/// A running (or stopped) `weir-broker` on one data directory.
+///
+/// The broker listens on `127.0.0.1:0`; [`BrokerProcess::address`] is the port it reported.
+/// Its stderr (and stdout) go to a log file next to the data directory
+/// (`<data_dir>.broker.log`), one section per start; its tail is printed when the value is
+/// dropped (the test harness shows it only for a failing test). Dropping the value kills the
+/// process (SIGKILL) if it is still running.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    /// The latest process; `None` only while the first one is being spawned.
+    child: Option<Child>,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    address: SocketAddr,
+    extra_args: Vec<OsString>,
+    /// How many times a process was started on this data directory (sections in the log).
+    starts: u32,
+}
+
+impl BrokerProcess {
+    /// Starts a broker on `data_dir` (created by the broker if missing) with default settings
+    /// and waits for it to listen.
+    pub fn start(data_dir: impl Into<PathBuf>) -> Result<Self> {
+        Self::start_with_args(data_dir, Vec::<OsString>::new())
+    }
+
+    /// Like [`BrokerProcess::start`], with more command-line arguments (kept for restarts).
+    pub fn start_with_args<I, S>(data_dir: impl Into<PathBuf>, extra_args: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let data_dir = data_dir.into();
+        let mut log_name = data_dir
+            .file_name()
+            .context("the data directory has no name")?
+            .to_owned();
+        log_name.push(".broker.log");
+        let log_path = data_dir.with_file_name(log_name);
+        let mut broker = Self {
+            child: None,
+            data_dir,
+            log_path,
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            extra_args: extra_args.into_iter().map(Into::into).collect(),
+            starts: 0,
+        };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    /// Starts the broker again on the same data directory, after [`BrokerProcess::kill9`] or
+    /// [`BrokerProcess::terminate`]; waits for it to listen. The port may differ from before.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.is_running()? {
+            bail!("restart: the broker is still running; stop it with kill9() or terminate() first");
+        }
+        self.spawn()
+    }
+
+    /// The address the broker listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// `127.0.0.1:PORT`, as `--bootstrap` and `ClientConfig::new` take it.
+    pub fn bootstrap(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// `http://127.0.0.1:PORT`, for raw tonic clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Everything the broker wrote to stdout and stderr so far, over all its starts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// What the current (latest) process wrote: the log's last section.
+    pub fn current_log(&self) -> String {
+        let log = self.log();
+        let marker = section_marker(self.starts);
+        match log.rfind(&marker) {
+            Some(at) => log[at..].to_owned(),
+            None => log,
+        }
+    }
+
+    /// The process id of the current process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> Result<bool> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?.is_none()),
+            None => Ok(false),
+        }
+    }
+
+    /// A client library handle on this broker (connections are made on first use).
+    pub fn client(&self) -> Result<Client> {
+        Ok(Client::new(ClientConfig::new(&self.bootstrap())?)?)
+    }
+
+    /// A raw gRPC client of the data service.
+    pub async fn data_client(&self) -> Result<WeirClient<Channel>> {
+        let client = WeirClient::connect(self.endpoint())
+            .await
+            .with_context(|| format!("connecting to {}", self.endpoint()))?;
+        Ok(client.max_decoding_message_size(64 << 20))
+    }
+
+    /// A raw gRPC client of the admin service.
+    pub async fn admin_client(&self) -> Result<AdminClient<Channel>> {
+        AdminClient::connect(self.endpoint())
+            .await
+            .with_context(|| format!("connecting to {}", self.endpoint()))
+    }
+
+    /// Runs `weir --bootstrap <this broker> <args>` with `stdin` as its input (bounded by
+    /// [`cli::CLI_TIMEOUT`]).
+    pub fn weir(&self, args: &[&str], stdin: &str) -> Result<CliOutput> {
+        cli::weir(&self.bootstrap(), args, stdin)
+    }
+
+    /// SIGKILL, then reap the process: nothing gets flushed or closed.
+    pub fn kill9(&mut self) -> Result<ExitStatus> {
+        let child = self.child.as_mut().context("no broker process")?;
+        process::kill_and_reap(child)
+    }
+
+    /// SIGTERM, then wait up to [`TERMINATE_TIMEOUT`] for the orderly shutdown. A broker that
+    /// does not exit in time is killed and the call fails.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let child = self.child.as_mut().context("no broker process")?;
+        process::signal(child, libc::SIGTERM)?;
+        if let Some(status) = process::wait_timeout(child, TERMINATE_TIMEOUT)? {
+            return Ok(status);
+        }
+        process::kill_and_reap(child)?;
+        bail!(
+            "the broker did not exit within {TERMINATE_TIMEOUT:?} of SIGTERM (killed it)\n{}",
+            self.log_tail()
+        )
+    }
+
+    /// The last lines of the log, with its path, for error messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+        format!(
+            "----- last {} lines of {} -----\n{tail}\n----- end of broker log -----",
+            LOG_TAIL_LINES.min(lines.len()),
+            self.log_path.display()
+        )
+    }
+
+    fn open_log(&self) -> Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("opening {}", self.log_path.display()))
+    }
+
+    /// Spawns a process on the data directory and waits for its "listening on" line.
+    fn spawn(&mut self) -> Result<()> {
+        let binary = binaries::broker()?;
+        self.starts += 1;
+        let mut log = self.open_log()?;
+        writeln!(log, "{}", section_marker(self.starts))?;
+        let mut command = Command::new(&binary);
+        command
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log.try_clone()?));
+        // Settings from the environment would make runs differ from machine to machine; only the
+        // log filter may come from there (WEIR_LOG=debug to investigate a failure).
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("WEIR_") && key != "WEIR_LOG" {
+                command.env_remove(key);
+            }
+        }
+        let mut child = process::spawn(command)?;
+        let stdout = child.stdout.take().context("the broker's stdout is not piped")?;
+        self.child = Some(child);
+        let lines = forward_stdout(stdout, log)?;
+        self.address = self.wait_listening(&lines)?;
+        Ok(())
+    }
+
+    fn wait_listening(&mut self, lines: &mpsc::Receiver<String>) -> Result<SocketAddr> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            match lines.recv_timeout(slice) {
+                Ok(line) => {
+                    if let Some(address) = parse_listening(&line) {
+                        return Ok(address);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if Instant::now() >= deadline {
+                        if let Some(child) = self.child.as_mut() {
+                            process::kill_and_reap(child)?;
+                        }
+                        bail!(
+                            "the broker did not print its listening line within {START_TIMEOUT:?} (killed it)\n{}",
+                            self.log_tail()
+                        );
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Stdout closed: the process is exiting (or closed stdout, which it must not).
+                    let child = self.child.as_mut().context("no broker process")?;
+                    let status = match process::wait_timeout(child, Duration::from_secs(5))? {
+                        Some(status) => status.to_string(),
+                        None => {
+                            process::kill_and_reap(child)?;
+                            "closed its stdout (killed it)".to_owned()
+                        }
+                    };
+                    bail!("the broker exited before it listened: {status}\n{}", self.log_tail());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Err(error) = process::kill_and_reap(child) {
+                eprintln!("weir-tests: could not kill broker {}: {error:#}", child.id());
+            }
+        }
+        // Always printed: a test that fails by returning an error does not panic, and the test
+        // harness shows a test's output only when it fails.
+        eprintln!("{}", self.log_tail());
+    }
+}
+
+fn section_marker(start: u32) -> String {
+    format!("===== weir-tests: weir-broker start #{start} =====")
+}
+
+/// Copies the broker's stdout into its log and to the returned channel, line by line, until the
+/// process closes it. The channel's receiver may go away; the copying goes on so that the
+/// broker never blocks on a full pipe.
+fn forward_stdout(stdout: std::process::ChildStdout, mut log: File) -> Result<mpsc::Receiver<String>> {
+    let (sender, receiver) = mpsc::channel();
+    thread::Builder::new()
+        .name("weir-broker-stdout".into())
+        .spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log, "[stdout] {line}");
+                let _ = sender.send(line);
+            }
+        })
+        .context("spawning the stdout reader thread")?;
+    Ok(receiver)
+}
+
+/// The address in `weir-broker listening on 127.0.0.1:PORT (data in DIR)`.
+fn parse_listening(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("listening on ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_line_parses() {
+        let line = "weir-broker listening on 127.0.0.1:40123 (data in /tmp/x y)";
+        assert_eq!(parse_listening(line), Some(SocketAddr::from(([127, 0, 0, 1], 40123))));
+        assert_eq!(parse_listening("starting"), None);
+    }
+}
