@@ -7,7 +7,8 @@
 //! | NOT_FOUND                         | `TopicNotFound` / `PartitionNotFound`     |
 //! | ALREADY_EXISTS                    | `AlreadyExists`                           |
 //! | INVALID_ARGUMENT                  | `InvalidArgument`                         |
-//! | OUT_OF_RANGE                      | `OffsetOutOfRange` (range from metadata)  |
+//! | OUT_OF_RANGE (a read)             | `OffsetOutOfRange` (range from metadata)  |
+//! | OUT_OF_RANGE (no offset: too big) | `ResourceExhausted`, not retriable        |
 //! | RESOURCE_EXHAUSTED                | `ResourceExhausted` (retriable if metadata |
 //! |                                   | `weir-retriable` is `true`: a full queue) |
 //! | FAILED_PRECONDITION               | `NotLeader` (hint from metadata)          |
@@ -131,6 +132,12 @@ impl Error {
             Code::NotFound => not_found(message, context),
             Code::AlreadyExists => Error::AlreadyExists(message),
             Code::InvalidArgument => Error::InvalidArgument(message),
+            // Without an offset the request was not a read: the transport refused a request
+            // over the broker's request_bytes_max (its message names the limit).
+            Code::OutOfRange if context.offset.is_none() => Error::ResourceExhausted {
+                message,
+                retriable: false,
+            },
             Code::OutOfRange => Error::OffsetOutOfRange {
                 requested: context.offset,
                 start: metadata_u64(&status, LOG_START_OFFSET_KEY),
@@ -293,6 +300,17 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn oversized_request_is_resource_exhausted() {
+        let status =
+            Status::out_of_range("Error, decoded message length too large: found 2 bytes, the limit is: 1 bytes");
+        let error = Error::from_status(status, &Context::partition("t", 0));
+        assert!(
+            matches!(error, Error::ResourceExhausted { retriable: false, .. }),
+            "{error:?}"
+        );
     }
 
     #[test]
