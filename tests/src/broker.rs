@@ -41,6 +41,9 @@ pub struct BrokerProcess {
     data_dir: PathBuf,
     log_path: PathBuf,
     address: SocketAddr,
+    /// What `--listen` gets: `127.0.0.1:0` unless the test fixed the port (cluster nodes must
+    /// know each other's addresses before they start).
+    listen: String,
     extra_args: Vec<OsString>,
     /// How many times a process was started on this data directory (sections in the log).
     starts: u32,
@@ -59,6 +62,15 @@ impl BrokerProcess {
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
+        Self::start_listening(data_dir, "127.0.0.1:0", extra_args)
+    }
+
+    /// Like [`BrokerProcess::start_with_args`], listening on `listen` (kept for restarts).
+    pub fn start_listening<I, S>(data_dir: impl Into<PathBuf>, listen: &str, extra_args: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
         let data_dir = data_dir.into();
         let mut log_name = data_dir
             .file_name()
@@ -71,6 +83,7 @@ impl BrokerProcess {
             data_dir,
             log_path,
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: listen.to_owned(),
             extra_args: extra_args.into_iter().map(Into::into).collect(),
             starts: 0,
         };
@@ -215,7 +228,7 @@ impl BrokerProcess {
         command
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", &self.listen])
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
