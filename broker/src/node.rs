@@ -78,7 +78,7 @@ impl Node {
             node_id: config.node_id,
             ..config.raft.clone()
         };
-        let driver = Arc::new(RaftDriver::start(raft_config, transport)?);
+        let driver = Arc::new(RaftDriver::start(raft_config, transport.clone())?);
         let cluster_config = ClusterConfig {
             cluster_id,
             node_id: config.node_id,
@@ -95,9 +95,16 @@ impl Node {
             }
         };
         let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(server::serve(listener, cluster.clone(), config.limits.clone(), async {
+        let shutdown = async {
             let _ = stopped.await;
-        }));
+        };
+        let server = tokio::spawn(server::serve(
+            listener,
+            cluster.clone(),
+            transport,
+            config.limits.clone(),
+            shutdown,
+        ));
         if !cluster.wait_ready(READY_WAIT).await {
             tracing::warn!("serving before catching up with the controller (no controller quorum yet)");
         }

@@ -101,6 +101,7 @@ async fn three_nodes_keep_acked_records_through_leader_kill() -> Result<()> {
     })
     .await?;
     let killed = (leader - 1) as usize;
+    wait_node_states(&client, &[(1, "up"), (2, "up"), (3, "up")]).await?;
     nodes[killed].kill9()?;
     let killed_at = Instant::now();
 
@@ -129,6 +130,11 @@ async fn three_nodes_keep_acked_records_through_leader_kill() -> Result<()> {
     }
     unknown.extend(unknown_after);
 
+    let survivor_view: Vec<(u64, &str)> = (1..=3)
+        .map(|id| (id, if id == leader { "down" } else { "up" }))
+        .collect();
+    wait_node_states(&client, &survivor_view).await?;
+
     let drained = within("draining", Duration::from_secs(60), drain_partition(&client, TOPIC, 0)).await??;
     check(
         &acked,
@@ -151,6 +157,19 @@ async fn three_nodes_keep_acked_records_through_leader_kill() -> Result<()> {
     .await
     .context("the restarted replica did not catch up")?;
     Ok(())
+}
+
+/// Waits until cluster status (from whichever node answers) shows each node in its state.
+async fn wait_node_states(client: &Client, expected: &[(u64, &str)]) -> Result<()> {
+    until("node states in cluster status", Duration::from_secs(20), || async {
+        let status = client.admin().cluster_status().await?;
+        let states: Vec<(u64, String)> = status.nodes.iter().map(|n| (n.node_id, n.state.clone())).collect();
+        let matches = expected
+            .iter()
+            .all(|(id, state)| states.iter().any(|(node, actual)| node == id && actual == state));
+        Ok(matches.then_some(()))
+    })
+    .await
 }
 
 fn value_of(record: &weir_client::ConsumerRecord) -> String {

@@ -15,6 +15,8 @@ use crate::raft::ProposeError;
 #[derive(Clone)]
 pub struct AdminService {
     pub cluster: Arc<Cluster>,
+    /// Tells which peers were heard from recently (node health in cluster status).
+    pub transport: Arc<super::PeerTransport>,
     pub partitions_per_topic_max: u32,
 }
 
@@ -279,7 +281,13 @@ impl Admin for AdminService {
             .map(|(id, address)| v1::NodeStatus {
                 node_id: id.0,
                 address: address.clone(),
-                state: if *id == me { "up" } else { "unknown" }.to_string(),
+                state: match self.transport.is_up(*id) {
+                    _ if *id == me => "up",
+                    Some(true) => "up",
+                    Some(false) => "down",
+                    None => "unknown",
+                }
+                .to_string(),
             })
             .collect();
         let topics = self

@@ -66,6 +66,7 @@ fn brokers(cluster: &Cluster) -> Vec<weir_proto::v1::BrokerInfo> {
 pub async fn serve(
     listener: TcpListener,
     cluster: Arc<Cluster>,
+    transport: Arc<PeerTransport>,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -76,9 +77,11 @@ pub async fn serve(
     let raft = transport::RaftService {
         node_id: cluster.node_id(),
         driver: cluster.driver().clone(),
+        transport: transport.clone(),
     };
     let admin = admin::AdminService {
         cluster,
+        transport,
         partitions_per_topic_max: limits.partitions_per_topic_max,
     };
     let incoming = connections::limited(listener, limits.connections_max);

@@ -4,6 +4,7 @@
 //! messages, and the connection is re-established with backoff.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,29 @@ pub const RAFT_MESSAGE_BYTES_MAX: usize = 256 << 20;
 /// The sending side: a queue and a connection task per peer.
 pub struct PeerTransport {
     node_id: NodeId,
-    peers: HashMap<NodeId, mpsc::Sender<Vec<RaftEnvelope>>>,
+    peers: HashMap<NodeId, Peer>,
+}
+
+struct Peer {
+    queue: mpsc::Sender<Vec<RaftEnvelope>>,
+    /// When a raft batch from the peer last arrived (ms since the Unix epoch; 0 = never):
+    /// groups heartbeat every few hundred ms, so silence means the peer is down or cut off.
+    last_heard_ms: AtomicU64,
+    /// Whether this node's stream to the peer is open.
+    connected: Arc<AtomicBool>,
+}
+
+/// A peer unheard for this long counts as down in cluster status.
+const PEER_SILENCE_MS_MAX: u64 = 3_000;
+/// HTTP/2 pings on peer connections, so a dead peer's stream fails within a few seconds
+/// instead of swallowing messages until the kernel gives up on the connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl PeerTransport {
@@ -36,11 +59,33 @@ impl PeerTransport {
     pub fn start(node_id: NodeId, nodes: &BTreeMap<NodeId, String>) -> Arc<Self> {
         let mut peers = HashMap::new();
         for (&peer, address) in nodes.iter().filter(|(id, _)| **id != node_id) {
-            let (sender, receiver) = mpsc::channel(PEER_QUEUE_BATCHES_MAX);
-            peers.insert(peer, sender);
-            tokio::spawn(peer_loop(node_id, peer, address.clone(), receiver));
+            let (queue, receiver) = mpsc::channel(PEER_QUEUE_BATCHES_MAX);
+            let connected = Arc::new(AtomicBool::new(false));
+            let state = Peer {
+                queue,
+                last_heard_ms: AtomicU64::new(0),
+                connected: connected.clone(),
+            };
+            peers.insert(peer, state);
+            tokio::spawn(peer_loop(node_id, peer, address.clone(), receiver, connected));
         }
         Arc::new(Self { node_id, peers })
+    }
+
+    /// Whether `node` looks alive: this node's stream to it is open, or it sent raft messages
+    /// recently (followers only talk to leaders, so neither alone covers every pair). `None`
+    /// for this node and strangers.
+    pub fn is_up(&self, node: NodeId) -> Option<bool> {
+        let peer = self.peers.get(&node)?;
+        let heard = peer.last_heard_ms.load(Ordering::Relaxed);
+        let recently = heard != 0 && now_ms().saturating_sub(heard) < PEER_SILENCE_MS_MAX;
+        Some(recently || peer.connected.load(Ordering::Relaxed))
+    }
+
+    fn heard_from(&self, node: NodeId) {
+        if let Some(peer) = self.peers.get(&node) {
+            peer.last_heard_ms.store(now_ms(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -59,8 +104,8 @@ impl Transport for PeerTransport {
         }
         for (peer, envelopes) in by_peer {
             match self.peers.get(&peer) {
-                Some(queue) => {
-                    if queue.try_send(envelopes).is_err() {
+                Some(target) => {
+                    if target.queue.try_send(envelopes).is_err() {
                         tracing::debug!(%peer, "peer queue full or closed: raft messages dropped");
                     }
                 }
@@ -70,25 +115,18 @@ impl Transport for PeerTransport {
     }
 }
 
-/// Keeps one client stream to `peer` open and feeds it from `queue`.
-async fn peer_loop(from: NodeId, peer: NodeId, address: String, mut queue: mpsc::Receiver<Vec<RaftEnvelope>>) {
+/// Keeps one client stream to `peer` open and feeds it from `queue`; `connected` says whether
+/// the stream is up (HTTP/2 keepalive makes a dead peer's stream fail within seconds).
+async fn peer_loop(
+    from: NodeId,
+    peer: NodeId,
+    address: String,
+    mut queue: mpsc::Receiver<Vec<RaftEnvelope>>,
+    connected: Arc<AtomicBool>,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let endpoint = format!("http://{address}");
-        let client = match tonic::transport::Endpoint::from_shared(endpoint) {
-            Ok(endpoint) => {
-                endpoint
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-            }
-            Err(error) => {
-                tracing::error!(%peer, %address, %error, "invalid peer address");
-                return;
-            }
-        };
-        let Ok(channel) = client else {
+        let Some(channel) = connect(peer, &address).await else {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
             // Messages queued while the peer is unreachable are stale by the time it is back.
@@ -98,32 +136,63 @@ async fn peer_loop(from: NodeId, peer: NodeId, address: String, mut queue: mpsc:
         backoff = Duration::from_millis(50);
         let (stream_sender, stream_receiver) = mpsc::channel(64);
         let mut client = RaftClient::new(channel).max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-        let call = tokio::spawn(async move { client.stream(ReceiverStream::new(stream_receiver)).await });
+        let mut call = tokio::spawn(async move { client.stream(ReceiverStream::new(stream_receiver)).await });
         tracing::info!(%peer, %address, "raft stream to peer open");
+        connected.store(true, Ordering::Relaxed);
         loop {
-            let Some(envelopes) = queue.recv().await else {
-                call.abort();
-                return;
-            };
-            let batch = RaftBatch {
-                from_node: from.0,
-                to_node: peer.0,
-                messages: envelopes,
-            };
-            if stream_sender.send(batch).await.is_err() {
-                break;
+            tokio::select! {
+                envelopes = queue.recv() => {
+                    let Some(envelopes) = envelopes else {
+                        call.abort();
+                        return;
+                    };
+                    let batch = RaftBatch {
+                        from_node: from.0,
+                        to_node: peer.0,
+                        messages: envelopes,
+                    };
+                    if stream_sender.send(batch).await.is_err() {
+                        break;
+                    }
+                }
+                ended = &mut call => {
+                    if let Ok(Err(status)) = ended {
+                        tracing::info!(%peer, %status, "raft stream to peer closed; reconnecting");
+                    }
+                    break;
+                }
             }
         }
-        if let Ok(Err(status)) = call.await {
-            tracing::info!(%peer, %status, "raft stream to peer closed; reconnecting");
-        }
+        connected.store(false, Ordering::Relaxed);
+        call.abort();
     }
+}
+
+/// A channel to the peer, or `None` if it cannot be reached now.
+async fn connect(peer: NodeId, address: &str) -> Option<tonic::transport::Channel> {
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{address}")) {
+        Ok(endpoint) => endpoint,
+        Err(error) => {
+            tracing::error!(%peer, %address, %error, "invalid peer address");
+            return None;
+        }
+    };
+    endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .ok()
 }
 
 /// The receiving side: the `Raft` gRPC service.
 pub struct RaftService {
     pub node_id: NodeId,
     pub driver: Arc<RaftDriver>,
+    pub transport: Arc<PeerTransport>,
 }
 
 #[tonic::async_trait]
@@ -137,6 +206,7 @@ impl Raft for RaftService {
                     batch.to_node, self.node_id
                 )));
             }
+            self.transport.heard_from(NodeId(batch.from_node));
             for envelope in batch.messages {
                 match RaftMessage::parse_from_bytes(&envelope.message) {
                     Ok(message) => {
