@@ -194,19 +194,25 @@ impl Cluster {
             .collect();
     }
 
-    fn cached_topic(&self, topic: &str) -> (u64, Option<TopicMetadata>) {
+    fn cached_topic<R>(&self, topic: &str, read: &impl Fn(&TopicMetadata) -> R) -> (u64, Option<R>) {
         let cache = self.metadata.read().unwrap_or_else(PoisonError::into_inner);
-        (cache.version, cache.topics.get(topic).cloned())
+        (cache.version, cache.topics.get(topic).map(read))
     }
 
     /// The topic's metadata, refreshing (for up to `topic_wait_ms`) when the cache lacks it.
     pub(crate) async fn topic(&self, topic: &str) -> Result<TopicMetadata> {
+        self.with_topic(topic, TopicMetadata::clone).await
+    }
+
+    /// Reads the topic's cached metadata in place (no copy: this runs once per produced
+    /// record), refreshing (for up to `topic_wait_ms`) when the cache lacks it.
+    async fn with_topic<R>(&self, topic: &str, read: impl Fn(&TopicMetadata) -> R) -> Result<R> {
         let deadline = Instant::now() + Duration::from_millis(self.config.topic_wait_ms);
         let mut backoff = self.backoff();
         loop {
-            let (version, cached) = self.cached_topic(topic);
-            if let Some(metadata) = cached {
-                return Ok(metadata);
+            let (version, cached) = self.cached_topic(topic, &read);
+            if let Some(value) = cached {
+                return Ok(value);
             }
             if version > 0 && Instant::now() >= deadline {
                 return Err(Error::TopicNotFound {
@@ -221,8 +227,8 @@ impl Cluster {
     }
 
     pub(crate) async fn partition_count(&self, topic: &str) -> Result<u32> {
-        let metadata = self.topic(topic).await?;
-        let count = u32::try_from(metadata.partitions.len()).unwrap_or(u32::MAX);
+        let count = self.with_topic(topic, |metadata| metadata.partitions.len()).await?;
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
         if count == 0 {
             return Err(Error::Unavailable(format!("topic {topic:?} has no partitions yet")));
         }
