@@ -469,7 +469,12 @@ fn flush_group(group: &mut Group) {
     }
 }
 
+/// Persists the group's hard state and closes its log with a clean marker. A failed group is
+/// left as it is: its next open must run full recovery, not trust a marker.
 fn close_group(group: &mut Group) -> Result<(), RaftError> {
+    if group.failure.is_some() {
+        return Ok(());
+    }
     group.node.store().persist()?;
     let log = group.log().clone();
     let mut log = write_log(&log);
