@@ -13,6 +13,11 @@
 //!   log file next to the data directory, whose tail is printed on drop (the test harness shows
 //!   it for failing tests only). Dropping it kills the process: no test leaks a broker, even
 //!   when it fails.
+//! - [`cluster`]: [`cluster::Cluster`], N brokers forming one cluster on fixed local ports: start
+//!   them together, kill and restart a node, each node's own view of a topic (leader, high
+//!   watermark), the partition leader, waits for node states and replica catch-up.
+//! - [`history`]: the history checker of RELIABILITY.md for produce histories (lost,
+//!   inconsistent, duplicate, aborted read, non-monotonic send, real-time order, gaps).
 //! - [`cli`]: [`weir`], one run of the CLI with a timeout, answering its exit status and output.
 //! - [`records`]: reading a partition back from the beginning to its high watermark, and checks
 //!   of what was read against what was acknowledged.
@@ -24,6 +29,8 @@
 pub mod binaries;
 pub mod broker;
 pub mod cli;
+pub mod cluster;
+pub mod history;
 mod process;
 pub mod records;
 pub mod wait;

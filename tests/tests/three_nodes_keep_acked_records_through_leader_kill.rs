@@ -2,59 +2,20 @@
 //! record (acks=all) when its leader is killed with SIGKILL: a new leader takes over, produce
 //! resumes, and the killed node catches up after its restart.
 //!
-//! This is the first multi-node test; the full fault matrix (repeated kills, pauses, network
-//! cuts, the history checker) comes with the replication issue.
+//! The cluster start-up is `weir_tests::cluster::Cluster`; repeated kills under load with the
+//! history checker are in `leader_kill_under_produce_loses_no_acked_record`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use weir_client::{Client, ClientConfig, ProducerConfig, ProducerRecord, TopicConfig};
+use weir_tests::cluster::Cluster;
 use weir_tests::records::drain_partition;
 use weir_tests::wait::{until, within};
-use weir_tests::BrokerProcess;
 
 const TOPIC: &str = "replicated";
 const RECORDS_PER_PHASE: usize = 300;
-
-/// Ports for the nodes, found free by binding port 0 (and released for the brokers).
-fn free_ports(count: usize) -> Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()?;
-    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
-
-/// Starts the nodes at once: each waits for a controller quorum before it reports ready.
-fn start_cluster(dir: &std::path::Path) -> Result<Vec<BrokerProcess>> {
-    let ports = free_ports(3)?;
-    let peers: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
-        .collect();
-    let peers = peers.join(",");
-    let starts: Vec<_> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            let data = dir.join(format!("n{}", i + 1));
-            let listen = format!("127.0.0.1:{port}");
-            let args = vec![
-                "--node-id".to_string(),
-                (i + 1).to_string(),
-                "--peers".into(),
-                peers.clone(),
-            ];
-            std::thread::spawn(move || BrokerProcess::start_listening(data, &listen, args))
-        })
-        .collect();
-    starts
-        .into_iter()
-        .map(|start| start.join().map_err(|_| anyhow::anyhow!("start thread panicked"))?)
-        .collect()
-}
 
 /// Sends `count` records one at a time (so a failure is attributable); returns what was
 /// acknowledged, and the values whose outcome is unknown.
@@ -83,9 +44,8 @@ async fn produce(client: &Client, prefix: &str, count: usize) -> Result<(BTreeMa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_keep_acked_records_through_leader_kill() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut nodes = start_cluster(dir.path())?;
-    let bootstrap: Vec<String> = nodes.iter().map(BrokerProcess::bootstrap).collect();
-    let client = Client::new(ClientConfig::new(&bootstrap.join(","))?)?;
+    let mut cluster = Cluster::start(dir.path(), 3)?;
+    let client = cluster.client()?;
     client.admin().create_topic(TOPIC, 1, 3, TopicConfig::default()).await?;
 
     let (mut acked, mut unknown) = within(
@@ -95,22 +55,12 @@ async fn three_nodes_keep_acked_records_through_leader_kill() -> Result<()> {
     )
     .await??;
 
-    let leader = until("a leader for the partition", Duration::from_secs(20), || async {
-        let description = client.admin().describe_topic(TOPIC).await?;
-        Ok(description.partitions[0].leader)
-    })
-    .await?;
-    let killed = (leader - 1) as usize;
+    let leader = cluster.wait_leader(TOPIC, 0, Duration::from_secs(20)).await?;
     wait_node_states(&client, &[(1, "up"), (2, "up"), (3, "up")]).await?;
-    nodes[killed].kill9()?;
+    cluster.kill9(leader)?;
     let killed_at = Instant::now();
 
-    let survivors: Vec<String> = bootstrap
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != killed)
-        .map(|(_, b)| b.clone())
-        .collect();
+    let survivors = cluster.bootstrap_without(leader);
     let client = Client::new(ClientConfig::new(&survivors.join(","))?)?;
     let (acked_after, unknown_after) = within(
         "produce after the kill",
@@ -147,11 +97,11 @@ async fn three_nodes_keep_acked_records_through_leader_kill() -> Result<()> {
     )?;
 
     // The killed node rejoins and catches up to the same high watermark.
-    nodes[killed].restart()?;
+    cluster.restart(leader)?;
     let high_watermark = drained.watermarks.high_watermark;
-    let rejoined = nodes[killed].client()?;
+    let cluster = &cluster;
     until("the restarted node to catch up", Duration::from_secs(30), || async {
-        let description = rejoined.admin().describe_topic(TOPIC).await?;
+        let description = cluster.describe_on(leader, TOPIC).await?;
         Ok((description.partitions[0].high_watermark >= high_watermark).then_some(()))
     })
     .await
