@@ -65,6 +65,17 @@ pub(super) fn classify(name: &str) -> FileKind {
 }
 
 /// Makes the directory's entries (created, renamed, removed files) durable.
+/// Creates (or empties) a file for a new segment, open for reading and writing.
+pub(super) fn create_segment_file(path: &Path) -> Result<File, LogError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_error(path))
+}
+
 pub(super) fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|handle| handle.sync_all())

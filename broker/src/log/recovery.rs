@@ -10,7 +10,8 @@ use std::sync::Arc;
 use super::checkpoint::{Checkpoint, CleanMarker, LogStartRecord, CLEAN_FILE};
 use super::error::{io_error, LogError};
 use super::fsutil::{
-    allocate, classify, index_path, now_ms, remove_if_exists, segment_path, sync_dir, time_index_path, FileKind,
+    allocate, classify, create_segment_file, index_path, now_ms, remove_if_exists, segment_path, sync_dir,
+    time_index_path, FileKind,
 };
 use super::index::{decode_index, decode_time_index};
 use super::mapping::Mapping;
@@ -405,13 +406,7 @@ impl Loader<'_> {
     fn create_first(&mut self, base_offset: Offset) -> Result<(), LogError> {
         let base = RaftIndex(self.cursor.next_index);
         let path = segment_path(self.dir, base);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io_error(&path))?;
+        let file = create_segment_file(&path)?;
         let length = grow(&file, &path, 0, self.config.segment_bytes_max.min(SEGMENT_BYTES_LIMIT))?;
         sync_dir(self.dir)?;
         let map = Arc::new(Mapping::read_write(&file, length).map_err(io_error(&path))?);

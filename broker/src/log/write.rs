@@ -1,13 +1,15 @@
 //! The write path: append, roll, reserve, truncate, reset.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::sync::Arc;
 
 use weir_proto::batch::{self, BatchError, BatchKind, HEADER_LEN, RECORD_OVERHEAD};
 
 use super::checkpoint::{Checkpoint, LogStartRecord};
 use super::error::{io_error, LogError};
-use super::fsutil::{allocate, index_path, now_ms, segment_path, sync_dir, time_index_path, STANDBY_NAME};
+use super::fsutil::{
+    allocate, create_segment_file, index_path, now_ms, segment_path, sync_dir, time_index_path, STANDBY_NAME,
+};
 use super::mapping::{prefault_async, Mapping, PREFAULT_WINDOW_MAX_BYTES};
 use super::segment::Segment;
 use super::{AppendEntry, AppendInfo, LogStart, PartitionLog, SEGMENT_BYTES_LIMIT};
@@ -154,13 +156,7 @@ impl PartitionLog {
 
     fn allocate_standby(&self, capacity: u64) -> Result<Standby, LogError> {
         let path = self.dir.join(STANDBY_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io_error(&path))?;
+        let file = create_segment_file(&path)?;
         let mapped = allocate(&file, &path, capacity)
             .and_then(|()| Mapping::read_write(&file, capacity).map_err(io_error(&path)));
         match mapped {
