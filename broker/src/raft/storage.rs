@@ -77,7 +77,7 @@ impl GroupStorage {
     }
 
     /// Installs a snapshot received from the leader: the log restarts after its position.
-    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), LogError> {
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), super::RaftError> {
         let metadata = snapshot.get_metadata();
         let start = LogStart {
             index: RaftIndex(metadata.index),
@@ -88,10 +88,8 @@ impl GroupStorage {
         self.conf_state = metadata.get_conf_state().clone();
         self.hard_state.commit = self.hard_state.commit.max(metadata.index);
         self.hard_state.term = self.hard_state.term.max(metadata.term);
-        state_file::store(&self.dir, &self.hard_state, &self.conf_state).map_err(|error| LogError::Io {
-            path: self.dir.clone(),
-            source: std::io::Error::other(error.to_string()),
-        })
+        state_file::store(&self.dir, &self.hard_state, &self.conf_state)?;
+        Ok(())
     }
 }
 
