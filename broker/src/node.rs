@@ -52,6 +52,9 @@ pub struct Node {
 
 /// How long `start` waits for the controller before it reports the node started anyway.
 const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a stopping node waits for the groups it leads to move to other nodes before it
+/// stops serving anyway (a transfer takes a round trip and an election round).
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Node {
     pub async fn start(config: BrokerConfig) -> Result<Self, NodeError> {
@@ -134,6 +137,7 @@ impl Node {
         let result = tokio::select! {
             result = &mut server => result,
             _ = shutdown => {
+                self.cluster.hand_over_leadership(DRAIN_WAIT).await;
                 let _ = self.stop_server.send(());
                 server.await
             }

@@ -109,6 +109,7 @@ impl Cluster {
                 ..LogConfig::default()
             },
             voters: config.nodes.keys().copied().collect(),
+            preferred_leader: None,
             applier: Some(Box::new(ControllerApplier {
                 state: state.clone(),
                 applied: applied_sender,
@@ -355,6 +356,7 @@ impl Cluster {
             dir,
             log_config: log_config.clone(),
             voters: assignment.replicas.clone(),
+            preferred_leader: assignment.replicas.first().copied(),
             applier: None,
         };
         let driver = self.driver.clone();
@@ -428,6 +430,35 @@ impl Cluster {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// First step of a graceful stop: hands the leadership of every replicated group this node
+    /// leads (partitions and the controller) to other nodes, so clients move on without waiting
+    /// an election timeout; waits up to `limit` for them to go.
+    pub async fn hand_over_leadership(&self, limit: Duration) {
+        self.driver.drain();
+        let leads = |group: &GroupHandle| {
+            let progress = group.progress();
+            progress.role == crate::raft::Role::Leader && progress.failure.is_none()
+        };
+        let replicated = self.config.nodes.len() > 1;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let led = if replicated { usize::from(leads(&self.controller)) } else { 0 }
+                + self
+                    .replicas()
+                    .iter()
+                    .filter(|r| r.replicas.len() > 1 && leads(&r.group))
+                    .count();
+            if led == 0 {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(groups = led, "stopping while still leading: those groups elect a new leader after a timeout");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -27,7 +27,7 @@ use super::{state_file, Acks, Committed, GroupSpec, Progress, ProposeError, Raft
 use crate::log::PartitionLog;
 use crate::types::{GroupId, NodeId, RaftIndex, Term};
 
-enum Command {
+pub(super) enum Command {
     Propose {
         group: GroupId,
         data: Vec<u8>,
@@ -45,6 +45,9 @@ enum Command {
         group: GroupId,
         message: Message,
     },
+    /// Stop leading: hand every group this node leads to a caught-up follower, refuse to take
+    /// leadership from now on (the node is about to stop).
+    Drain,
     Shutdown {
         reply: std::sync::mpsc::Sender<()>,
     },
@@ -109,15 +112,10 @@ impl RaftDriver {
         let mut threads = Vec::new();
         for index in 0..config.threads.max(1) {
             let (sender, receiver) = sync_channel(config.mailbox_messages_max);
-            let shard = Shard {
-                config: config.clone(),
-                groups: HashMap::new(),
-                mailbox: receiver,
-                transport: transport.clone(),
-            };
+            let shard = Shard::new(config.clone(), transport.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("raft-{index}"))
-                .spawn(move || shard.run())
+                .spawn(move || shard.run(receiver))
                 .map_err(|source| RaftError::Io {
                     path: "raft thread".into(),
                     source,
@@ -144,88 +142,27 @@ impl RaftDriver {
     /// Opens (recovering) the group's log and state in `spec.dir` and starts its replica.
     /// Blocking: call it from a blocking context.
     pub fn add_group(&self, spec: GroupSpec) -> Result<GroupHandle, RaftError> {
-        let io = |source| RaftError::Io {
-            path: spec.dir.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&spec.dir).map_err(io)?;
-        let (log, report) = PartitionLog::open(&spec.dir, spec.log_config.clone())?;
-        tracing::info!(group = %spec.id, dir = %spec.dir.display(), ?report, "opened log");
-        if report.truncated_durable_bytes > 0 {
-            tracing::error!(
-                group = %spec.id,
-                bytes = report.truncated_durable_bytes,
-                "recovery cut data that was already flushed (the files were damaged while the broker was down);                  entries acknowledged before may be lost on this replica"
-            );
-        }
-        let (hard_state, conf_state) = self.initial_state(&spec.dir, &spec.voters, &log)?;
-        let single_voter = conf_state.voters == [self.config.node_id.0];
-        let applied = if spec.applier.is_some() {
-            0
-        } else {
-            hard_state.commit.min(log.last_index().0)
-        };
-        let log: SharedLog = std::sync::Arc::new(std::sync::RwLock::new(log));
-        let storage = GroupStorage::new(spec.dir.clone(), log.clone(), hard_state, conf_state);
-        let raft_config = raft::Config {
-            id: self.config.node_id.0,
-            election_tick: self.config.election_ticks,
-            heartbeat_tick: self.config.heartbeat_ticks,
-            applied,
-            max_size_per_msg: self.config.message_bytes_max,
-            max_inflight_msgs: self.config.inflight_messages_max,
-            check_quorum: true,
-            pre_vote: true,
-            ..Default::default()
-        };
-        let logger = self.logger.new(slog::o!("group" => spec.id.0));
-        let mut node = RawNode::new(&raft_config, storage, &logger)?;
-        if single_voter {
-            // A one-voter group need not wait an election timeout to lead.
-            node.campaign()?;
-        }
-        let initial = initial_progress(&log);
-        let (progress_sender, progress) = watch::channel(initial);
-        let group = Group::new(spec.id, node, progress_sender, spec.applier);
         let mailbox = self.shard(spec.id).clone();
+        let (group, handle) = open_group(&self.config, &self.logger, spec, mailbox.clone())?;
         mailbox
             .send(Command::AddGroup(Box::new(group)))
             .map_err(|_| RaftError::Stopped)?;
-        Ok(GroupHandle {
-            id: spec.id,
-            log,
-            progress,
-            mailbox,
-            mailbox_messages_max: self.config.mailbox_messages_max,
-        })
-    }
-
-    fn initial_state(
-        &self,
-        dir: &Path,
-        voters: &[NodeId],
-        log: &PartitionLog,
-    ) -> Result<(HardState, ConfState), RaftError> {
-        if let Some((hard_state, conf_state)) = state_file::load(dir)? {
-            return Ok((hard_state, conf_state));
-        }
-        // A log restored without its state file keeps its terms: never go back in time.
-        let hard_state = HardState {
-            term: log.last_term().0,
-            ..Default::default()
-        };
-        let conf_state = ConfState {
-            voters: voters.iter().map(|id| id.0).collect(),
-            ..Default::default()
-        };
-        state_file::store(dir, &hard_state, &conf_state)?;
-        Ok((hard_state, conf_state))
+        Ok(handle)
     }
 
     /// Hands a raft message from a peer to its group's raft thread. Returns false when it was
     /// dropped (mailbox full, or stopping): raft retransmits, so dropping is safe.
     pub fn step(&self, group: GroupId, message: Message) -> bool {
         self.shard(group).try_send(Command::Step { group, message }).is_ok()
+    }
+
+    /// Hands every group this node leads to another replica and stops taking leadership: the
+    /// first step of a graceful stop. Returns at once; watch the groups' progress to see the
+    /// leaderships go.
+    pub fn drain(&self) {
+        for shard in &self.shards {
+            let _ = shard.send(Command::Drain);
+        }
     }
 
     /// Stops the group's replica; with `delete_data`, removes its directory afterwards.
@@ -261,6 +198,91 @@ impl RaftDriver {
     }
 }
 
+/// Opens (recovering) a group's log and state and builds its replica, not yet running: the
+/// caller hands the group to the raft thread behind `mailbox`.
+pub(super) fn open_group(
+    config: &RaftConfig,
+    logger: &slog::Logger,
+    spec: GroupSpec,
+    mailbox: SyncSender<Command>,
+) -> Result<(Group, GroupHandle), RaftError> {
+    let io = |source| RaftError::Io {
+        path: spec.dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&spec.dir).map_err(io)?;
+    let (log, report) = PartitionLog::open(&spec.dir, spec.log_config.clone())?;
+    tracing::info!(group = %spec.id, dir = %spec.dir.display(), ?report, "opened log");
+    if report.truncated_durable_bytes > 0 {
+        tracing::error!(
+            group = %spec.id,
+            bytes = report.truncated_durable_bytes,
+            "recovery cut data that was already flushed (the files were damaged while the broker was down); \
+             entries acknowledged before may be lost on this replica"
+        );
+    }
+    let (hard_state, conf_state) = initial_state(&spec.dir, &spec.voters, &log)?;
+    let single_voter = conf_state.voters == [config.node_id.0];
+    let applied = if spec.applier.is_some() {
+        0
+    } else {
+        hard_state.commit.min(log.last_index().0)
+    };
+    let log: SharedLog = std::sync::Arc::new(std::sync::RwLock::new(log));
+    let storage = GroupStorage::new(spec.dir.clone(), log.clone(), hard_state, conf_state);
+    let raft_config = raft::Config {
+        id: config.node_id.0,
+        election_tick: config.election_ticks,
+        heartbeat_tick: config.heartbeat_ticks,
+        applied,
+        max_size_per_msg: config.message_bytes_max,
+        max_inflight_msgs: config.inflight_messages_max,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    };
+    let logger = logger.new(slog::o!("group" => spec.id.0));
+    let mut node = RawNode::new(&raft_config, storage, &logger)?;
+    if single_voter {
+        // A one-voter group need not wait an election timeout to lead.
+        node.campaign()?;
+    }
+    let initial = initial_progress(&log);
+    let (progress_sender, progress) = watch::channel(initial);
+    let group = Group::new(spec.id, node, progress_sender, spec.applier, spec.preferred_leader);
+    Ok((
+        group,
+        GroupHandle {
+            id: spec.id,
+            log,
+            progress,
+            mailbox,
+            mailbox_messages_max: config.mailbox_messages_max,
+        },
+    ))
+}
+
+fn initial_state(
+    dir: &Path,
+    voters: &[NodeId],
+    log: &PartitionLog,
+) -> Result<(HardState, ConfState), RaftError> {
+    if let Some((hard_state, conf_state)) = state_file::load(dir)? {
+        return Ok((hard_state, conf_state));
+    }
+    // A log restored without its state file keeps its terms: never go back in time.
+    let hard_state = HardState {
+        term: log.last_term().0,
+        ..Default::default()
+    };
+    let conf_state = ConfState {
+        voters: voters.iter().map(|id| id.0).collect(),
+        ..Default::default()
+    };
+    state_file::store(dir, &hard_state, &conf_state)?;
+    Ok((hard_state, conf_state))
+}
+
 fn initial_progress(log: &SharedLog) -> Progress {
     let log = read_log(log);
     Progress {
@@ -281,54 +303,67 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-struct Shard {
+pub(super) struct Shard {
     config: RaftConfig,
     groups: HashMap<GroupId, Group>,
-    mailbox: Receiver<Command>,
     transport: std::sync::Arc<dyn Transport>,
+    /// Set by [`Command::Drain`]: this node is stopping and takes no leadership.
+    draining: bool,
 }
 
-enum Flow {
-    Continue,
-    Stop(std::sync::mpsc::Sender<()>),
+/// What a round's clock says is due, decided by the caller (the raft thread from `Instant`,
+/// the simulation from its own clock).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Due {
+    pub tick: bool,
+    /// Age-based roll and retention, with the wall-clock time in ms.
+    pub housekeeping: Option<i64>,
+    /// Hand leadership back to preferred leaders that are caught up.
+    pub balance: bool,
 }
 
 impl Shard {
-    fn run(mut self) {
-        let mut next_tick = Instant::now() + self.config.tick_interval;
-        let mut next_housekeeping = Instant::now() + self.config.housekeeping_interval;
+    pub(super) fn new(config: RaftConfig, transport: std::sync::Arc<dyn Transport>) -> Self {
+        Self {
+            config,
+            groups: HashMap::new(),
+            transport,
+            draining: false,
+        }
+    }
+
+    fn run(mut self, mailbox: Receiver<Command>) {
+        let start = Instant::now();
+        let mut next_tick = start + self.config.tick_interval;
+        let mut next_housekeeping = start + self.config.housekeeping_interval;
+        let mut next_balance = start + self.config.leader_balance_interval;
+        let mut commands = Vec::with_capacity(self.config.round_messages_max);
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            let mut flow = match self.mailbox.recv_timeout(wait) {
-                Ok(command) => self.handle(command),
-                Err(RecvTimeoutError::Timeout) => Flow::Continue,
+            match mailbox.recv_timeout(wait) {
+                Ok(command) => commands.push(command),
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.close_all();
                     return;
                 }
-            };
-            for _ in 0..self.config.round_messages_max {
-                if !matches!(flow, Flow::Continue) {
-                    break;
-                }
-                match self.mailbox.try_recv() {
-                    Ok(command) => flow = self.handle(command),
-                    Err(_) => break,
-                }
             }
+            commands.extend(mailbox.try_iter().take(self.config.round_messages_max));
             let now = Instant::now();
+            let mut due = Due::default();
             if now >= next_tick {
-                self.groups.values_mut().for_each(|group| {
-                    group.node.tick();
-                });
+                due.tick = true;
                 next_tick = now + self.config.tick_interval;
             }
             if now >= next_housekeeping {
-                self.housekeeping();
+                due.housekeeping = Some(now_ms());
                 next_housekeeping = now + self.config.housekeeping_interval;
             }
-            self.process_readies();
-            if let Flow::Stop(reply) = flow {
+            if now >= next_balance {
+                due.balance = true;
+                next_balance = now + self.config.leader_balance_interval;
+            }
+            if let Some(reply) = self.round(commands.drain(..), due) {
                 self.close_all();
                 let _ = reply.send(());
                 return;
@@ -336,7 +371,37 @@ impl Shard {
         }
     }
 
-    fn handle(&mut self, command: Command) -> Flow {
+    /// One round: handle `commands` in order (those after a shutdown are dropped, which fails
+    /// their waiters), do what is `due`, then process every ready group. Returns the shutdown
+    /// reply when a shutdown arrived; the caller then closes the groups.
+    pub(super) fn round(
+        &mut self,
+        commands: impl IntoIterator<Item = Command>,
+        due: Due,
+    ) -> Option<std::sync::mpsc::Sender<()>> {
+        let mut stop = None;
+        for command in commands {
+            if stop.is_some() {
+                break;
+            }
+            stop = self.handle(command);
+        }
+        if due.tick {
+            self.groups.values_mut().for_each(|group| {
+                group.node.tick();
+            });
+        }
+        if let Some(now) = due.housekeeping {
+            self.housekeeping(now);
+        }
+        if due.balance && !self.draining {
+            self.balance_leaders();
+        }
+        self.process_readies();
+        stop
+    }
+
+    fn handle(&mut self, command: Command) -> Option<std::sync::mpsc::Sender<()>> {
         match command {
             Command::Propose {
                 group,
@@ -364,14 +429,32 @@ impl Shard {
                 let _ = reply.send(result);
             }
             Command::Step { group, message } => match self.groups.get_mut(&group) {
-                Some(target) if target.failure.is_none() => target.step(message),
+                Some(target) if target.failure.is_none() => target.step(message, self.draining),
                 // A group this node has not started yet (the controller entry creating it is
                 // still on its way) or has failed: the sender retries.
                 _ => tracing::debug!(%group, from = message.from, "raft message for a group not running here"),
             },
-            Command::Shutdown { reply } => return Flow::Stop(reply),
+            Command::Drain => {
+                self.draining = true;
+                let transport = &self.transport;
+                for group in self.groups.values_mut() {
+                    group.hand_over_leadership(|node| transport.peer_up_for(node));
+                }
+            }
+            Command::Shutdown { reply } => return Some(reply),
         }
-        Flow::Continue
+        None
+    }
+
+    /// Moves leadership of each group this node leads to the group's preferred leader when that
+    /// node is connected, has been for a while, and holds the whole log: the leaders' spread
+    /// that placement chose comes back after a node restarts.
+    fn balance_leaders(&mut self) {
+        let stable = self.config.leader_balance_interval * 2;
+        let transport = &self.transport;
+        for group in self.groups.values_mut() {
+            group.return_to_preferred(|node| transport.peer_up_for(node).is_some_and(|up| up >= stable));
+        }
     }
 
     fn remove(&mut self, id: GroupId, delete_data: bool) -> Result<(), RaftError> {
@@ -388,7 +471,7 @@ impl Shard {
         Ok(())
     }
 
-    fn close_all(&mut self) {
+    pub(super) fn close_all(&mut self) {
         for (_, mut group) in self.groups.drain() {
             group.drain_pending(ProposeError::ShuttingDown);
             if let Err(error) = close_group(&mut group) {
@@ -397,8 +480,7 @@ impl Shard {
         }
     }
 
-    fn housekeeping(&mut self) {
-        let now = now_ms();
+    fn housekeeping(&mut self, now: i64) {
         for group in self.groups.values_mut() {
             if group.failure.is_none() {
                 if let Err(reason) = group.housekeeping(now) {

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, MessageType};
 use raft::{RawNode, StateRole};
 use tokio::sync::{oneshot, watch};
 
@@ -44,6 +44,8 @@ pub(super) struct Group {
     applier: Option<Box<dyn Applier>>,
     /// Set when the group's storage failed; the group then takes no more work.
     pub failure: Option<String>,
+    /// The replica placement wants to lead (leaders spread evenly), if any.
+    preferred_leader: Option<NodeId>,
 }
 
 impl Group {
@@ -52,6 +54,7 @@ impl Group {
         node: RawNode<GroupStorage>,
         progress: watch::Sender<Progress>,
         applier: Option<Box<dyn Applier>>,
+        preferred_leader: Option<NodeId>,
     ) -> Self {
         let visible_index = RaftIndex(node.raft.raft_log.committed.min(node.raft.raft_log.persisted));
         Self {
@@ -63,6 +66,7 @@ impl Group {
             progress,
             applier,
             failure: None,
+            preferred_leader,
         }
     }
 
@@ -97,7 +101,12 @@ impl Group {
 
     /// Steps a message from a peer. Entries a leader sends must fit on this disk: when they do
     /// not, the message is dropped (the leader retries) instead of failing the append later.
-    pub fn step(&mut self, message: raft::eraftpb::Message) {
+    /// A `draining` node (about to stop) ignores a leader's request to take over.
+    pub fn step(&mut self, message: raft::eraftpb::Message, draining: bool) {
+        if draining && message.get_msg_type() == MessageType::MsgTimeoutNow {
+            tracing::debug!(group = %self.id, from = message.from, "not taking over leadership: this node is stopping");
+            return;
+        }
         let bytes: u64 = message
             .entries
             .iter()
@@ -112,6 +121,66 @@ impl Group {
         }
         if let Err(error) = self.node.step(message) {
             tracing::debug!(group = %self.id, %error, "raft message not stepped");
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    /// Whether `node` is a voter that has every entry of this leader's log and answered lately.
+    fn holds_whole_log(&self, node: NodeId) -> bool {
+        let raft = &self.node.raft;
+        raft.prs().conf().voters().contains(node.0)
+            && raft
+                .prs()
+                .get(node.0)
+                .is_some_and(|p| p.recent_active && p.matched == raft.raft_log.last_index())
+    }
+
+    /// Leader of a group this node prefers not to lead: hands leadership to the preferred
+    /// leader once `stable(preferred)` holds and it has the whole log (a transfer to a lagging
+    /// node would stall proposals until it caught up).
+    pub fn return_to_preferred(&mut self, stable: impl Fn(NodeId) -> bool) {
+        let Some(preferred) = self.preferred_leader else {
+            return;
+        };
+        let me = NodeId(self.node.raft.id);
+        if preferred == me
+            || !self.is_leader()
+            || self.failure.is_some()
+            || self.node.raft.lead_transferee.is_some()
+            || !self.holds_whole_log(preferred)
+            || !stable(preferred)
+        {
+            return;
+        }
+        tracing::info!(group = %self.id, to = %preferred, "handing leadership back to the preferred leader");
+        self.node.transfer_leader(preferred.0);
+    }
+
+    /// Before this node stops: hands leadership to the connected voter with the longest log,
+    /// so the group does not wait an election timeout for a new leader.
+    pub fn hand_over_leadership(&mut self, connected_for: impl Fn(NodeId) -> Option<std::time::Duration>) {
+        if !self.is_leader() || self.failure.is_some() {
+            return;
+        }
+        let raft = &self.node.raft;
+        let me = raft.id;
+        let target = raft
+            .prs()
+            .iter()
+            .filter(|(id, p)| {
+                **id != me
+                    && p.recent_active
+                    && raft.prs().conf().voters().contains(**id)
+                    && connected_for(NodeId(**id)).is_some()
+            })
+            .max_by_key(|(_, p)| p.matched)
+            .map(|(id, _)| *id);
+        if let Some(target) = target {
+            tracing::info!(group = %self.id, to = target, "handing leadership over before stopping");
+            self.node.transfer_leader(target);
         }
     }
 
@@ -140,8 +209,15 @@ impl Group {
         if let Some(reason) = &self.failure {
             return Err(ProposeError::Failed(reason.clone()));
         }
-        if self.node.raft.state != StateRole::Leader {
+        if !self.is_leader() {
             return Err(ProposeError::NotLeader { leader: self.leader() });
+        }
+        if let Some(transferee) = self.node.raft.lead_transferee {
+            // raft-rs drops proposals while leadership moves; the new leader takes them in a
+            // moment.
+            return Err(ProposeError::NotLeader {
+                leader: Some(NodeId(transferee)),
+            });
         }
         let needed = self.unappended_bytes + bytes + HEADER_LEN as u64;
         write_log(self.log()).reserve(needed).map_err(|error| match error {

@@ -117,6 +117,13 @@ pub struct Progress {
 /// best effort: raft retransmits what is lost. Implemented by the server layer (gRPC streams).
 pub trait Transport: Send + Sync {
     fn send(&self, messages: Vec<(GroupId, raft::eraftpb::Message)>);
+
+    /// How long the connection to `node` has been up; `None` while it is down (or unknown).
+    /// Leadership only moves to nodes that are connected.
+    fn peer_up_for(&self, node: NodeId) -> Option<Duration> {
+        let _ = node;
+        None
+    }
 }
 
 /// The transport of a one-node cluster: there is nobody to send to, so a message here means a
@@ -155,6 +162,9 @@ pub struct RaftConfig {
     pub inflight_messages_max: usize,
     /// How often sealed segments are checked for age-based roll and retention.
     pub housekeeping_interval: Duration,
+    /// How often leaders hand leadership back to caught-up preferred leaders; a preferred
+    /// leader must have been connected for twice this long.
+    pub leader_balance_interval: Duration,
 }
 
 impl Default for RaftConfig {
@@ -170,6 +180,7 @@ impl Default for RaftConfig {
             message_bytes_max: 1 << 20,
             inflight_messages_max: 256,
             housekeeping_interval: Duration::from_secs(1),
+            leader_balance_interval: Duration::from_secs(5),
         }
     }
 }
@@ -181,6 +192,9 @@ pub struct GroupSpec {
     pub log_config: LogConfig,
     /// Voters of the group when it is created for the first time (ignored when its state exists).
     pub voters: Vec<NodeId>,
+    /// The replica that should lead when it is up and caught up (placement spreads these over
+    /// the nodes); `None`: whoever wins elections keeps leading.
+    pub preferred_leader: Option<NodeId>,
     /// Receives committed entries from the start of the log on every start (the controller);
     /// None for partitions, whose committed entries need no applying.
     pub applier: Option<Box<dyn Applier>>,

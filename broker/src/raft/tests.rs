@@ -34,6 +34,7 @@ fn start(dir: &Path) -> (RaftDriver, GroupHandle) {
                 ..LogConfig::default()
             },
             voters: vec![NodeId(1)],
+            preferred_leader: None,
             applier: None,
         })
         .unwrap();

@@ -4,7 +4,7 @@
 //! messages, and the connection is re-established with backoff.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +37,8 @@ struct Peer {
     /// When a raft batch from the peer last arrived (ms since the Unix epoch; 0 = never):
     /// groups heartbeat every few hundred ms, so silence means the peer is down or cut off.
     last_heard_ms: AtomicU64,
-    /// Whether this node's stream to the peer is open.
-    connected: Arc<AtomicBool>,
+    /// Since when this node's stream to the peer is open (ms since the Unix epoch; 0 = closed).
+    connected_since_ms: Arc<AtomicU64>,
 }
 
 /// A peer unheard for this long counts as down in cluster status.
@@ -60,14 +60,14 @@ impl PeerTransport {
         let mut peers = HashMap::new();
         for (&peer, address) in nodes.iter().filter(|(id, _)| **id != node_id) {
             let (queue, receiver) = mpsc::channel(PEER_QUEUE_BATCHES_MAX);
-            let connected = Arc::new(AtomicBool::new(false));
+            let connected_since_ms = Arc::new(AtomicU64::new(0));
             let state = Peer {
                 queue,
                 last_heard_ms: AtomicU64::new(0),
-                connected: connected.clone(),
+                connected_since_ms: connected_since_ms.clone(),
             };
             peers.insert(peer, state);
-            tokio::spawn(peer_loop(node_id, peer, address.clone(), receiver, connected));
+            tokio::spawn(peer_loop(node_id, peer, address.clone(), receiver, connected_since_ms));
         }
         Arc::new(Self { node_id, peers })
     }
@@ -79,7 +79,7 @@ impl PeerTransport {
         let peer = self.peers.get(&node)?;
         let heard = peer.last_heard_ms.load(Ordering::Relaxed);
         let recently = heard != 0 && now_ms().saturating_sub(heard) < PEER_SILENCE_MS_MAX;
-        Some(recently || peer.connected.load(Ordering::Relaxed))
+        Some(recently || peer.connected_since_ms.load(Ordering::Relaxed) != 0)
     }
 
     fn heard_from(&self, node: NodeId) {
@@ -113,16 +113,21 @@ impl Transport for PeerTransport {
             }
         }
     }
+
+    fn peer_up_for(&self, node: NodeId) -> Option<Duration> {
+        let since = self.peers.get(&node)?.connected_since_ms.load(Ordering::Relaxed);
+        (since != 0).then(|| Duration::from_millis(now_ms().saturating_sub(since)))
+    }
 }
 
-/// Keeps one client stream to `peer` open and feeds it from `queue`; `connected` says whether
-/// the stream is up (HTTP/2 keepalive makes a dead peer's stream fail within seconds).
+/// Keeps one client stream to `peer` open and feeds it from `queue`; `connected_since_ms` says
+/// since when the stream is up (HTTP/2 keepalive makes a dead peer's stream fail within seconds).
 async fn peer_loop(
     from: NodeId,
     peer: NodeId,
     address: String,
     mut queue: mpsc::Receiver<Vec<RaftEnvelope>>,
-    connected: Arc<AtomicBool>,
+    connected_since_ms: Arc<AtomicU64>,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -138,7 +143,7 @@ async fn peer_loop(
         let mut client = RaftClient::new(channel).max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
         let mut call = tokio::spawn(async move { client.stream(ReceiverStream::new(stream_receiver)).await });
         tracing::info!(%peer, %address, "raft stream to peer open");
-        connected.store(true, Ordering::Relaxed);
+        connected_since_ms.store(now_ms().max(1), Ordering::Relaxed);
         loop {
             tokio::select! {
                 envelopes = queue.recv() => {
@@ -163,7 +168,7 @@ async fn peer_loop(
                 }
             }
         }
-        connected.store(false, Ordering::Relaxed);
+        connected_since_ms.store(0, Ordering::Relaxed);
         call.abort();
     }
 }
