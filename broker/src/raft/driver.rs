@@ -233,6 +233,7 @@ pub(super) fn open_group(
     let raft_config = raft::Config {
         id: config.node_id.0,
         election_tick: config.election_ticks,
+        max_election_tick: config.election_ticks_max.unwrap_or(0),
         heartbeat_tick: config.heartbeat_ticks,
         applied,
         max_size_per_msg: config.message_bytes_max,

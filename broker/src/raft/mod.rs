@@ -153,6 +153,10 @@ pub struct RaftConfig {
     pub tick_interval: Duration,
     /// Ticks without a heartbeat before a follower campaigns.
     pub election_ticks: usize,
+    /// Upper bound (exclusive) of the randomized election timeout, drawn in
+    /// `[election_ticks, election_ticks_max)`; must exceed `election_ticks`. `None`: raft-rs's
+    /// default, `2 * election_ticks`. The simulation sets `election_ticks + 1` (a fixed timeout).
+    pub election_ticks_max: Option<usize>,
     pub heartbeat_ticks: usize,
     /// Bound of each raft thread's mailbox; proposals beyond it are refused with Busy.
     pub mailbox_messages_max: usize,
@@ -174,6 +178,7 @@ impl Default for RaftConfig {
             threads: 2,
             tick_interval: Duration::from_millis(100),
             election_ticks: 10,
+            election_ticks_max: None,
             heartbeat_ticks: 2,
             mailbox_messages_max: 8192,
             round_messages_max: 4096,
