@@ -221,7 +221,11 @@ pub(super) fn open_group(
              entries acknowledged before may be lost on this replica"
         );
     }
-    let (hard_state, conf_state) = initial_state(&spec.dir, &spec.voters, &log)?;
+    let (mut hard_state, conf_state) = initial_state(&spec.dir, &spec.voters, &log)?;
+    // The commit in the state file is written lazily (with term and vote changes), but retention
+    // and snapshots move the log start only over committed entries: everything up to the log
+    // start is committed. raft-rs refuses to start with a commit below it.
+    hard_state.commit = hard_state.commit.max(log.log_start().index.0);
     let single_voter = conf_state.voters == [config.node_id.0];
     let applied = if spec.applier.is_some() {
         0
