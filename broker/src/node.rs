@@ -55,6 +55,8 @@ const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a stopping node waits for the groups it leads to move to other nodes before it
 /// stops serving anyway (a transfer takes a round trip and an election round).
 const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a stopping node lets in-flight requests finish (a produce waits for its commit).
+const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Node {
     pub async fn start(config: BrokerConfig) -> Result<Self, NodeError> {
@@ -139,7 +141,14 @@ impl Node {
             _ = shutdown => {
                 self.cluster.hand_over_leadership(DRAIN_WAIT).await;
                 let _ = self.stop_server.send(());
-                server.await
+                match tokio::time::timeout(FINISH_WAIT, &mut server).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!("requests still running after {FINISH_WAIT:?}; stopping without them");
+                        server.abort();
+                        Ok(Ok(()))
+                    }
+                }
             }
         };
         tracing::info!("server stopped; closing partitions");

@@ -437,25 +437,35 @@ impl Cluster {
     /// leads (partitions and the controller) to other nodes, so clients move on without waiting
     /// an election timeout; waits up to `limit` for them to go.
     pub async fn hand_over_leadership(&self, limit: Duration) {
+        if self.config.nodes.len() < 2 {
+            return;
+        }
+        let me = self.config.node_id;
+        let mut led: Vec<GroupHandle> = std::iter::once(self.controller.clone())
+            .chain(
+                self.replicas()
+                    .into_iter()
+                    .filter(|r| r.replicas.len() > 1)
+                    .map(|r| r.group),
+            )
+            .filter(|group| group.progress().role == crate::raft::Role::Leader)
+            .collect();
         self.driver.drain();
-        let leads = |group: &GroupHandle| {
-            let progress = group.progress();
-            progress.role == crate::raft::Role::Leader && progress.failure.is_none()
-        };
-        let replicated = self.config.nodes.len() > 1;
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let led = if replicated { usize::from(leads(&self.controller)) } else { 0 }
-                + self
-                    .replicas()
-                    .iter()
-                    .filter(|r| r.replicas.len() > 1 && leads(&r.group))
-                    .count();
-            if led == 0 {
+            // Ours until another node is known to lead (it won its election).
+            led.retain(|group| {
+                let progress = group.progress();
+                progress.failure.is_none() && progress.leader.is_none_or(|leader| leader == me)
+            });
+            if led.is_empty() {
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(groups = led, "stopping while still leading: those groups elect a new leader after a timeout");
+                tracing::warn!(
+                    groups = led.len(),
+                    "stopping while still leading: those groups elect a new leader after a timeout"
+                );
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

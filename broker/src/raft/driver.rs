@@ -267,11 +267,7 @@ pub(super) fn open_group(
     ))
 }
 
-fn initial_state(
-    dir: &Path,
-    voters: &[NodeId],
-    log: &PartitionLog,
-) -> Result<(HardState, ConfState), RaftError> {
+fn initial_state(dir: &Path, voters: &[NodeId], log: &PartitionLog) -> Result<(HardState, ConfState), RaftError> {
     if let Some((hard_state, conf_state)) = state_file::load(dir)? {
         return Ok((hard_state, conf_state));
     }

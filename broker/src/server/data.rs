@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use weir_proto::v1::{self, list_offsets_request::Spec, weir_server::Weir};
 
 use super::status::{from_cluster, from_log, from_propose, not_leader, out_of_range};
-use super::Limits;
+use super::{Limits, Stopping};
 use crate::cluster::{validate_topic_name, Cluster, PartitionReplica};
 use crate::log::batch::{self, BatchKind};
 use crate::raft::{read_log, Acks, Role};
@@ -22,6 +22,7 @@ use crate::types::{NodeId, Offset};
 pub struct DataService {
     pub cluster: Arc<Cluster>,
     pub limits: Arc<Limits>,
+    pub stopping: Stopping,
 }
 
 impl DataService {
@@ -90,10 +91,14 @@ impl DataService {
                 high_watermark: current.high_watermark.0,
                 log_start_offset: current.log_start.0,
             };
-            match tokio::time::timeout_at(deadline, progress.changed()).await {
-                Err(_) => return Ok(empty),
-                Ok(Err(_)) => return Err(Status::unavailable("the partition replica stopped")),
-                Ok(Ok(())) => continue,
+            // A stopping server answers long polls at once (with what there is: nothing yet).
+            tokio::select! {
+                changed = tokio::time::timeout_at(deadline, progress.changed()) => match changed {
+                    Err(_) => return Ok(empty),
+                    Ok(Err(_)) => return Err(Status::unavailable("the partition replica stopped")),
+                    Ok(Ok(())) => continue,
+                },
+                _ = self.stopping.clone().wait() => return Ok(empty),
             }
         }
     }
@@ -202,6 +207,7 @@ impl Weir for DataService {
                 let result = tokio::select! {
                     result = service.fetch_once(&replica, offset, max_bytes, poll) => result,
                     _ = sender.closed() => return,
+                    _ = service.stopping.clone().wait() => Err(Status::unavailable("the broker is shutting down")),
                 };
                 let stop = match &result {
                     Ok(response) if response.batches.is_empty() => continue,

@@ -61,8 +61,20 @@ fn brokers(cluster: &Cluster) -> Vec<weir_proto::v1::BrokerInfo> {
         .collect()
 }
 
+/// Tells long-lived handlers (raft streams from peers, fetch streams, long polls) that the
+/// server is stopping, so that a graceful stop does not wait for them forever.
+#[derive(Clone)]
+pub(crate) struct Stopping(tokio::sync::watch::Receiver<bool>);
+
+impl Stopping {
+    /// Resolves once the server is stopping.
+    pub(crate) async fn wait(mut self) {
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
+}
+
 /// Serves the data and admin services on `listener` until `shutdown` resolves; then stops
-/// accepting and lets in-flight requests finish.
+/// accepting, ends long-lived streams and long polls, and lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
     cluster: Arc<Cluster>,
@@ -70,14 +82,22 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let stopping = Stopping(stopping);
+    let shutdown = async move {
+        shutdown.await;
+        stop.send_replace(true);
+    };
     let data = data::DataService {
         cluster: cluster.clone(),
         limits: Arc::new(limits.clone()),
+        stopping: stopping.clone(),
     };
     let raft = transport::RaftService {
         node_id: cluster.node_id(),
         driver: cluster.driver().clone(),
         transport: transport.clone(),
+        stopping,
     };
     let admin = admin::AdminService {
         cluster,

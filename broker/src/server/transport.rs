@@ -198,13 +198,22 @@ pub struct RaftService {
     pub node_id: NodeId,
     pub driver: Arc<RaftDriver>,
     pub transport: Arc<PeerTransport>,
+    pub stopping: super::Stopping,
 }
 
 #[tonic::async_trait]
 impl Raft for RaftService {
     async fn stream(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftStreamResponse>, Status> {
         let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
+        let stopping = self.stopping.clone().wait();
+        tokio::pin!(stopping);
+        loop {
+            // Peers keep their streams open for good: a stopping server ends them itself.
+            let batch = tokio::select! {
+                batch = stream.message() => batch?,
+                _ = &mut stopping => break,
+            };
+            let Some(batch) = batch else { break };
             if batch.to_node != self.node_id.0 {
                 return Err(Status::invalid_argument(format!(
                     "raft batch for node {} reached node {}: check --peers",
