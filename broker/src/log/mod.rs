@@ -193,6 +193,7 @@ mod recovery;
 mod retention;
 mod scan;
 mod segment;
+mod verify;
 mod write;
 
 #[cfg(test)]
@@ -205,6 +206,7 @@ use bytes::Bytes;
 
 pub use self::error::LogError;
 pub use self::flush::FlushBatch;
+pub use self::verify::{Corruption, ScrubCursor, ScrubStep};
 pub use weir_proto::batch::{self, BatchKind};
 
 use self::checkpoint::Checkpoint;

@@ -132,6 +132,44 @@ fn corruption_in_the_middle_of_the_active_segment_fails_open() {
 }
 
 #[test]
+fn scrub_finds_a_flipped_bit_in_a_sealed_segment_and_names_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let positions = crashed_log(dir.path(), 40);
+    let (mut log, _) = open(dir.path(), small_config(SEGMENT));
+    let mut cursor = crate::log::ScrubCursor::default();
+    let mut checked = 0;
+    loop {
+        let step = log.scrub(&mut cursor, 100).expect("an intact log scrubs clean");
+        checked += step.checked_bytes;
+        if step.wrapped {
+            break;
+        }
+    }
+    assert!(checked > 0);
+    log.close().unwrap();
+    let (_, position) = positions[3];
+    let path = super::super::fsutil::segment_path(dir.path(), index(1));
+    flip(&path, position + 90);
+    let (mut log, _) = open(dir.path(), small_config(SEGMENT));
+    let mut cursor = crate::log::ScrubCursor::default();
+    let found = loop {
+        match log.scrub(&mut cursor, 100) {
+            Ok(step) => assert!(!step.wrapped, "the scrub went past the damage"),
+            Err(corruption) => break corruption,
+        }
+    };
+    assert_eq!(found.from_index, index(4));
+    assert!(found.error.is_corrupt());
+    assert_eq!(log.first_corrupt_entry(&path).map(|c| c.from_index), Some(index(4)));
+    // A repair cuts the log there: what is left scrubs clean and the damage is gone.
+    log.truncate_from(index(4)).unwrap();
+    assert_eq!(log.last_index(), index(3));
+    let mut cursor = crate::log::ScrubCursor::default();
+    assert!(log.scrub(&mut cursor, u64::MAX).is_ok());
+    assert!(log.first_corrupt_entry(&path).is_none());
+}
+
+#[test]
 fn corruption_in_a_sealed_segment_is_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let positions = crashed_log(dir.path(), 40);
