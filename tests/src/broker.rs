@@ -45,6 +45,10 @@ pub struct BrokerProcess {
     /// know each other's addresses before they start).
     listen: String,
     extra_args: Vec<OsString>,
+    /// Program and arguments the broker command is run under (empty: run the broker directly),
+    /// e.g. `ip netns exec NAME` to start it in a network namespace. The wrapper must exec the
+    /// broker in its own process, so that signals sent to the child reach the broker.
+    command_prefix: Vec<OsString>,
     /// How many times a process was started on this data directory (sections in the log).
     starts: u32,
 }
@@ -71,6 +75,24 @@ impl BrokerProcess {
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
+        Self::start_wrapped(data_dir, listen, extra_args, Vec::<OsString>::new())
+    }
+
+    /// Like [`BrokerProcess::start_listening`], with the broker run under `command_prefix`
+    /// (a program and its arguments, e.g. `ip netns exec NAME`; kept for restarts). The prefix
+    /// must exec the broker rather than fork it: the child's pid is the one signalled.
+    pub fn start_wrapped<I, S, P, Q>(
+        data_dir: impl Into<PathBuf>,
+        listen: &str,
+        extra_args: I,
+        command_prefix: P,
+    ) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+        P: IntoIterator<Item = Q>,
+        Q: Into<OsString>,
+    {
         let data_dir = data_dir.into();
         let mut log_name = data_dir
             .file_name()
@@ -85,6 +107,7 @@ impl BrokerProcess {
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
             listen: listen.to_owned(),
             extra_args: extra_args.into_iter().map(Into::into).collect(),
+            command_prefix: command_prefix.into_iter().map(Into::into).collect(),
             starts: 0,
         };
         broker.spawn()?;
@@ -183,6 +206,34 @@ impl BrokerProcess {
         process::kill_and_reap(child)
     }
 
+    /// Sends `signal` to the current process (a no-op once it has exited and been reaped).
+    /// SIGSTOP and SIGCONT pause and resume it; see also [`BrokerProcess::pause`].
+    pub fn signal(&mut self, signal: libc::c_int) -> Result<()> {
+        let child = self.child.as_mut().context("no broker process")?;
+        process::signal(child, signal)
+    }
+
+    /// SIGSTOP, and wait until the kernel reports every thread of the process stopped. It keeps
+    /// its sockets open: the kernel still accepts connections and buffers requests for it,
+    /// which it never answers until resumed.
+    pub fn pause(&mut self) -> Result<()> {
+        self.signal(libc::SIGSTOP)?;
+        let pid = self.pid().context("no broker process")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid)? {
+            if Instant::now() >= deadline {
+                bail!("process {pid} did not stop within 10 s of SIGSTOP");
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// SIGCONT after [`BrokerProcess::pause`].
+    pub fn resume(&mut self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
     /// SIGTERM, then wait up to [`TERMINATE_TIMEOUT`] for the orderly shutdown. A broker that
     /// does not exit in time is killed and the call fails.
     pub fn terminate(&mut self) -> Result<ExitStatus> {
@@ -224,7 +275,14 @@ impl BrokerProcess {
         self.starts += 1;
         let mut log = self.open_log()?;
         writeln!(log, "{}", section_marker(self.starts))?;
-        let mut command = Command::new(&binary);
+        let mut command = match self.command_prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
         command
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -303,6 +361,27 @@ impl Drop for BrokerProcess {
 
 fn section_marker(start: u32) -> String {
     format!("===== weir-tests: weir-broker start #{start} =====")
+}
+
+/// True when every thread of process `pid` is in the stopped state (`T` in `/proc`).
+fn all_threads_stopped(pid: u32) -> Result<bool> {
+    let tasks = format!("/proc/{pid}/task");
+    for task in std::fs::read_dir(&tasks).with_context(|| format!("listing {tasks}"))? {
+        let stat_path = task?.path().join("stat");
+        // A thread that exited since the listing has no state to report.
+        let Ok(stat) = std::fs::read_to_string(&stat_path) else {
+            continue;
+        };
+        // The state follows the command name, which is in parentheses and may itself hold
+        // spaces and parentheses.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if state != Some("T") {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Copies the broker's stdout into its log and to the returned channel, line by line, until the

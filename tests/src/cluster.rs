@@ -1,6 +1,7 @@
 //! [`Cluster`]: several `weir-broker` processes forming one cluster on 127.0.0.1, with fixed
 //! ports (each node must know the others' addresses before it starts), node ids 1..=N.
 
+use std::ffi::OsString;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::Path;
@@ -21,6 +22,15 @@ const NODE_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug)]
 pub struct Cluster {
     nodes: Vec<BrokerProcess>,
+}
+
+/// How to start one node with [`Cluster::start_nodes`].
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// `HOST:PORT` the node listens on; the peers list is made of these.
+    pub listen: String,
+    /// What the broker command runs under (see [`BrokerProcess::start_wrapped`]); empty: nothing.
+    pub command_prefix: Vec<OsString>,
 }
 
 /// Ports for the nodes, found free by binding port 0 (and released for the brokers).
@@ -55,6 +65,38 @@ impl Cluster {
                     peers.clone(),
                 ];
                 std::thread::spawn(move || BrokerProcess::start_listening(data, &listen, args))
+            })
+            .collect();
+        let nodes = starts
+            .into_iter()
+            .map(|start| start.join().map_err(|_| anyhow::anyhow!("start thread panicked"))?)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { nodes })
+    }
+
+    /// Starts one node per spec (node `i + 1` from `specs[i]`, data in `dir/n{i+1}`), all at
+    /// once like [`Cluster::start`]: for nodes on other addresses than 127.0.0.1 (say, one
+    /// network namespace each) or run under a wrapper command.
+    pub fn start_nodes(dir: &Path, specs: &[NodeSpec]) -> Result<Self> {
+        let peers: Vec<String> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| format!("{}={}", i + 1, spec.listen))
+            .collect();
+        let peers = peers.join(",");
+        let starts: Vec<_> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let data = dir.join(format!("n{}", i + 1));
+                let spec = spec.clone();
+                let args = vec![
+                    "--node-id".to_string(),
+                    (i + 1).to_string(),
+                    "--peers".into(),
+                    peers.clone(),
+                ];
+                std::thread::spawn(move || BrokerProcess::start_wrapped(data, &spec.listen, args, spec.command_prefix))
             })
             .collect();
         let nodes = starts
@@ -109,6 +151,53 @@ impl Cluster {
         self.node_mut(id).restart()
     }
 
+    /// SIGKILL to every node back to back (no node outlives another by more than the few
+    /// microseconds between two kill(2) calls), then reaps them all.
+    pub fn kill9_all(&mut self) -> Result<Vec<ExitStatus>> {
+        for node in &mut self.nodes {
+            node.signal(libc::SIGKILL)?;
+        }
+        self.nodes.iter_mut().map(BrokerProcess::kill9).collect()
+    }
+
+    /// Starts every node again, all at once (a node waits a while for a controller quorum
+    /// before it reports ready, so one by one would be slow), on their data directories and
+    /// ports. Every node must be stopped.
+    pub fn restart_all(&mut self) -> Result<()> {
+        std::thread::scope(|scope| {
+            let restarts: Vec<_> = self
+                .nodes
+                .iter_mut()
+                .map(|node| scope.spawn(move || node.restart()))
+                .collect();
+            restarts
+                .into_iter()
+                .map(|restart| restart.join().map_err(|_| anyhow::anyhow!("restart thread panicked"))?)
+                .collect::<Result<Vec<()>>>()
+        })?;
+        Ok(())
+    }
+
+    /// SIGSTOP to node `id` (see [`BrokerProcess::pause`]).
+    pub fn pause(&mut self, id: u64) -> Result<()> {
+        self.node_mut(id).pause()
+    }
+
+    /// SIGCONT to node `id`.
+    pub fn resume(&mut self, id: u64) -> Result<()> {
+        self.node_mut(id).resume()
+    }
+
+    /// Client settings that know every node, with their own request and connect timeouts (the
+    /// default 30 s request timeout is long next to a fault that makes a node stop answering).
+    pub fn client_config(&self, request_timeout: Duration, connect_timeout: Duration) -> Result<ClientConfig> {
+        Ok(ClientConfig::builder()
+            .bootstrap(&self.bootstrap().join(","))
+            .request_timeout(request_timeout)
+            .connect_timeout(connect_timeout)
+            .build()?)
+    }
+
     /// `topic` as node `id` itself sees it (its local replicas' leader and high watermark); no
     /// other node is asked.
     pub async fn describe_on(&self, id: u64, topic: &str) -> Result<TopicDescription> {
@@ -147,6 +236,33 @@ impl Cluster {
                     .find(|p| p.partition == partition)
                     .and_then(|p| p.leader);
                 views.push((id, leader));
+            }
+        }
+        let claimed: Vec<u64> = views
+            .iter()
+            .filter(|(id, leader)| *leader == Some(*id))
+            .map(|(id, _)| *id)
+            .collect();
+        let [leader] = claimed[..] else {
+            return Ok(None);
+        };
+        let agreed = views.iter().all(|(_, view)| view.is_none() || *view == Some(leader));
+        Ok(agreed.then_some(leader))
+    }
+
+    /// Like [`Cluster::leader_of`], asking only the nodes in `observers` (say, all but a paused
+    /// node, which would hold every poll up for the request timeout): `Some` when one of them
+    /// says it leads and none of them names another leader.
+    pub async fn leader_among(&self, topic: &str, partition: u32, observers: &[u64]) -> Result<Option<u64>> {
+        let mut views = Vec::new();
+        for id in observers {
+            if let Ok(description) = self.describe_on(*id, topic).await {
+                let leader = description
+                    .partitions
+                    .iter()
+                    .find(|p| p.partition == partition)
+                    .and_then(|p| p.leader);
+                views.push((*id, leader));
             }
         }
         let claimed: Vec<u64> = views

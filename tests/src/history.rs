@@ -131,6 +131,18 @@ impl History {
         oks[first..].iter().find(|(p, _)| *p == partition).map(|(_, at)| *at)
     }
 
+    /// When the first ok on `partition` of a write invoked after `after` completed, if any yet:
+    /// the end of a stall that began at `after`. Unlike [`History::first_ok_after`], an
+    /// acknowledgement already on its way when the fault began does not count.
+    pub fn first_ok_invoked_after(&self, partition: u32, after: Duration) -> Option<Duration> {
+        let ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        ops.iter()
+            .filter(|op| op.partition == partition && op.invoked > after)
+            .filter(|op| matches!(op.outcome, Outcome::Ok { .. }))
+            .filter_map(|op| op.completed)
+            .min()
+    }
+
     /// A copy of every operation so far.
     pub fn ops(&self) -> Vec<Op> {
         self.ops.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -644,5 +656,29 @@ mod tests {
             ],
         );
         assert!(report.is_clean(), "{report}");
+    }
+
+    #[test]
+    fn a_stall_ends_with_the_first_ok_of_a_write_invoked_after_it_began() {
+        let history = History::new();
+        let in_flight = history.invoke(0, 0, "in flight");
+        std::thread::sleep(ms(2));
+        let fault = history.now();
+        std::thread::sleep(ms(2));
+        // Acknowledged after the fault began, but sent before: not the end of the stall.
+        history.complete(in_flight, Outcome::Ok { offset: 0 });
+        assert_eq!(history.first_ok_invoked_after(0, fault), None);
+        let unknown = history.invoke(0, 0, "unknown");
+        history.complete(unknown, Outcome::Info("timed out".into()));
+        let elsewhere = history.invoke(1, 1, "other partition");
+        history.complete(elsewhere, Outcome::Ok { offset: 0 });
+        assert_eq!(history.first_ok_invoked_after(0, fault), None);
+        let next = history.invoke(0, 0, "next");
+        history.complete(next, Outcome::Ok { offset: 1 });
+        assert_eq!(history.first_ok_invoked_after(0, fault), history.ops()[next].completed);
+        assert_eq!(
+            history.first_ok_invoked_after(1, fault),
+            history.ops()[elsewhere].completed
+        );
     }
 }
