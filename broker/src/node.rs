@@ -91,6 +91,7 @@ impl Node {
             data_dir: config.data_dir.clone(),
             log_defaults: config.log.clone(),
             batch_bytes_max_default: config.batch_bytes_max,
+            controller_snapshot_entries: crate::cluster::CONTROLLER_SNAPSHOT_ENTRIES,
         };
         let cluster = match Cluster::start(cluster_config, driver.clone()).await {
             Ok(cluster) => cluster,

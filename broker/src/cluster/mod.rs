@@ -12,6 +12,8 @@
 //!   re-created topic never meets an old topic's data.
 
 mod state;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -62,7 +64,13 @@ pub struct ClusterConfig {
     /// Broker-wide log settings; topics override them.
     pub log_defaults: LogConfig,
     pub batch_bytes_max_default: u32,
+    /// The controller snapshots its state every this many applied entries (and compacts its
+    /// log); [`CONTROLLER_SNAPSHOT_ENTRIES`] unless a test wants more snapshots.
+    pub controller_snapshot_entries: u64,
 }
+
+/// Default of [`ClusterConfig::controller_snapshot_entries`].
+pub const CONTROLLER_SNAPSHOT_ENTRIES: u64 = 1024;
 
 /// A running replica of a partition on this node.
 #[derive(Clone)]
@@ -113,6 +121,8 @@ impl Cluster {
             applier: Some(Box::new(ControllerApplier {
                 state: state.clone(),
                 applied: applied_sender,
+                snapshot_entries: config.controller_snapshot_entries.max(1),
+                snapshot_index: RaftIndex(0),
             })),
         };
         let add = driver.clone();
@@ -220,6 +230,9 @@ impl Cluster {
             .wait_for(|applied| *applied >= committed.index)
             .await
             .map_err(|_| ClusterError::ShuttingDown)?;
+        // Outcomes of the last `OUTCOMES_MAX` commands are kept, snapshots included (a node
+        // that installed a snapshot covering this entry has its outcome from there). One older
+        // than that (thousands of commands committed since) reads as success.
         let outcome = self.with_state(|state| state.outcome(committed.index));
         outcome.unwrap_or(Ok(()))?;
         self.reconcile().await;
@@ -518,10 +531,14 @@ fn decode_command(data: &Bytes) -> Option<Command> {
     serde_json::from_slice(record.value.as_deref()?).ok()
 }
 
-/// Applies committed controller entries to the shared state, on the controller's raft thread.
+/// Applies committed controller entries to the shared state, on the controller's raft thread,
+/// and snapshots the state every `snapshot_entries` entries.
 struct ControllerApplier {
     state: Arc<RwLock<ClusterState>>,
     applied: watch::Sender<RaftIndex>,
+    snapshot_entries: u64,
+    /// Index of the latest snapshot (taken or restored).
+    snapshot_index: RaftIndex,
 }
 
 impl Applier for ControllerApplier {
@@ -543,6 +560,29 @@ impl Applier for ControllerApplier {
         let applied = state.applied;
         drop(state);
         self.applied.send_replace(applied);
+    }
+
+    fn snapshot(&mut self) -> Option<Vec<u8>> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        if state.applied.0 < self.snapshot_index.0.saturating_add(self.snapshot_entries) {
+            return None;
+        }
+        self.snapshot_index = state.applied;
+        Some(state.to_snapshot())
+    }
+
+    fn restore(&mut self, index: RaftIndex, data: &[u8]) -> Result<(), String> {
+        let restored = ClusterState::from_snapshot(data)?;
+        if restored.applied != index {
+            return Err(format!(
+                "the state was applied up to entry {}, the snapshot is of entry {index}",
+                restored.applied
+            ));
+        }
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = restored;
+        self.snapshot_index = index;
+        self.applied.send_replace(index);
+        Ok(())
     }
 }
 

@@ -71,7 +71,7 @@ pub enum Command {
 
 /// Why a command did not change the state. Decided at apply time, so concurrent proposals are
 /// judged in log order.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum CommandError {
     #[error("topic '{0}' already exists")]
     TopicExists(String),
@@ -81,16 +81,29 @@ pub enum CommandError {
     Invalid(String),
 }
 
-/// How many command outcomes are kept for proposers to read.
+/// How many command outcomes are kept for proposers to read (snapshots keep them too).
 const OUTCOMES_MAX: usize = 4096;
 
-#[derive(Debug, Clone, Default)]
+/// Version of the serialized state in a controller snapshot (see [`ClusterState::to_snapshot`]).
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// Everything in the state is in a snapshot, the recent command outcomes included, so a node
+/// restored from a snapshot answers a proposer waiting for a command at or below its index
+/// like one that applied the command itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub topics: BTreeMap<String, TopicState>,
     /// Next partition group id; group 0 is the controller.
     next_group: u64,
     pub applied: RaftIndex,
     outcomes: VecDeque<(RaftIndex, Result<(), CommandError>)>,
+}
+
+/// A controller snapshot's data: the version of the state's layout, then the state.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData<S> {
+    version: u32,
+    state: S,
 }
 
 impl ClusterState {
@@ -104,6 +117,34 @@ impl ClusterState {
             self.outcomes.pop_front();
         }
         self.outcomes.push_back((index, outcome));
+    }
+
+    /// The state as a controller snapshot's data: JSON `{"version":1,"state":{...}}`.
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&SnapshotData {
+            version: SNAPSHOT_VERSION,
+            state: self,
+        })
+        .expect("the cluster state serializes (string keys, no floats)")
+    }
+
+    /// The state in a controller snapshot's data; an error names what is wrong with it.
+    pub fn from_snapshot(data: &[u8]) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let version = serde_json::from_slice::<Version>(data)
+            .map_err(|error| format!("not a controller state: {error}"))?
+            .version;
+        if version != SNAPSHOT_VERSION {
+            return Err(format!(
+                "controller state of version {version}; this broker reads version {SNAPSHOT_VERSION}"
+            ));
+        }
+        serde_json::from_slice::<SnapshotData<Self>>(data)
+            .map(|data| data.state)
+            .map_err(|error| format!("bad controller state: {error}"))
     }
 
     /// Whether `group` was ever allocated to a partition (it may have been deleted since).
@@ -233,6 +274,50 @@ mod tests {
             state.outcome(RaftIndex(7)),
             Some(Err(CommandError::UnknownTopic(_)))
         ));
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_everything() {
+        let mut state = ClusterState::default();
+        state.apply(RaftIndex(2), create("a", 3));
+        state.apply(RaftIndex(3), create("a", 1));
+        state.apply(
+            RaftIndex(4),
+            Command::AlterTopicConfig {
+                name: "a".into(),
+                config: TopicConfig {
+                    retention_bytes: Some(-1),
+                    batch_bytes_max: Some(1 << 20),
+                    ..Default::default()
+                },
+            },
+        );
+        state.apply(RaftIndex(5), create("b", 2));
+        state.apply(RaftIndex(6), Command::DeleteTopic { name: "b".into() });
+        state.skip(RaftIndex(7));
+        let restored = ClusterState::from_snapshot(&state.to_snapshot()).unwrap();
+        assert_eq!(restored, state);
+        assert_eq!(restored.applied, RaftIndex(7));
+        assert_eq!(
+            restored.outcome(RaftIndex(3)),
+            Some(Err(CommandError::TopicExists("a".into())))
+        );
+        // Group ids continue after the snapshot: never reused.
+        let mut restored = restored;
+        restored.apply(RaftIndex(8), create("c", 1));
+        assert_eq!(restored.topics["c"].partitions[0].group, GroupId(6));
+        assert!(restored.allocated(GroupId(5)) && !restored.allocated(GroupId(7)));
+    }
+
+    #[test]
+    fn bad_snapshots_are_errors() {
+        assert!(ClusterState::from_snapshot(b"").is_err());
+        assert!(ClusterState::from_snapshot(b"{\"version\":1}").is_err());
+        let future = br#"{"version":2,"state":{}}"#;
+        assert!(ClusterState::from_snapshot(future).unwrap_err().contains("version 2"));
+        let mut data = ClusterState::default().to_snapshot();
+        data.truncate(data.len() - 1);
+        assert!(ClusterState::from_snapshot(&data).is_err());
     }
 
     #[test]

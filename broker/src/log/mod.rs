@@ -180,6 +180,10 @@
 //! above the committed index: while the segment's largest record timestamp is older than
 //! `retention_ms`, or while the log is larger than `retention_bytes`. The log start moves to the
 //! last entry of the deleted segment (persisted before the files go).
+//!
+//! Compaction ([`PartitionLog::delete_segments_through`]) deletes whole sealed segments the same
+//! way, but by index: every sealed segment whose entries are all at or below a given index (the
+//! controller's state snapshot covers them). The segment holding the index itself stays.
 
 mod checkpoint;
 pub use checkpoint::write_atomic;

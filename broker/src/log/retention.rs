@@ -1,4 +1,5 @@
-//! Retention: deleting whole sealed segments by age and by total size.
+//! Retention and compaction: deleting whole sealed segments by age, by total size, or up to an
+//! index a state snapshot covers.
 
 use super::checkpoint::LogStartRecord;
 use super::error::LogError;
@@ -27,6 +28,23 @@ impl PartitionLog {
             size -= segment.len;
             count += 1;
         }
+        self.delete_first_segments(count)
+    }
+
+    /// Deletes the oldest sealed segments whose entries are all `<= index` (the caller vouches
+    /// that they are committed and no longer needed, e.g. covered by a state snapshot). Never the
+    /// active segment. Moves the log start to the last entry deleted. Returns how many segments
+    /// went.
+    pub fn delete_segments_through(&mut self, index: RaftIndex) -> Result<usize, LogError> {
+        let count = self.segments[..self.segments.len() - 1]
+            .iter()
+            .take_while(|segment| !segment.writable && segment.last_index <= index)
+            .count();
+        self.delete_first_segments(count)
+    }
+
+    /// Deletes the first `count` segments (sealed ones) and moves the log start past them.
+    fn delete_first_segments(&mut self, count: usize) -> Result<usize, LogError> {
         if count == 0 {
             return Ok(0);
         }
@@ -48,7 +66,7 @@ impl PartitionLog {
             segment.delete_files(&self.dir)?;
         }
         sync_dir(&self.dir)?;
-        tracing::debug!(dir = %self.dir.display(), count, start = %start.index, "retention deleted segments");
+        tracing::debug!(dir = %self.dir.display(), count, start = %start.index, "deleted segments");
         Ok(count)
     }
 }

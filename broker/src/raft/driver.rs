@@ -23,7 +23,10 @@ use tokio::sync::{oneshot, watch};
 use super::group::Group;
 use super::logger::root_logger;
 use super::storage::{read_log, write_log, GroupStorage, SharedLog};
-use super::{state_file, Acks, Committed, GroupSpec, Progress, ProposeError, RaftConfig, RaftError, Role, Transport};
+use super::{
+    state_file, state_snapshot, Acks, Committed, GroupSpec, Progress, ProposeError, RaftConfig, RaftError, Role,
+    Transport,
+};
 use crate::log::PartitionLog;
 use crate::types::{GroupId, NodeId, RaftIndex, Term};
 
@@ -203,7 +206,7 @@ impl RaftDriver {
 pub(super) fn open_group(
     config: &RaftConfig,
     logger: &slog::Logger,
-    spec: GroupSpec,
+    mut spec: GroupSpec,
     mailbox: SyncSender<Command>,
 ) -> Result<(Group, GroupHandle), RaftError> {
     let io = |source| RaftError::Io {
@@ -211,7 +214,7 @@ pub(super) fn open_group(
         source,
     };
     std::fs::create_dir_all(&spec.dir).map_err(io)?;
-    let (log, report) = PartitionLog::open(&spec.dir, spec.log_config.clone())?;
+    let (mut log, report) = PartitionLog::open(&spec.dir, spec.log_config.clone())?;
     tracing::info!(group = %spec.id, dir = %spec.dir.display(), ?report, "opened log");
     if report.truncated_durable_bytes > 0 {
         tracing::error!(
@@ -221,6 +224,11 @@ pub(super) fn open_group(
              entries acknowledged before may be lost on this replica"
         );
     }
+    // A group with state restores its snapshot (finishing an interrupted install) first.
+    let state_snapshot = match spec.applier.as_mut() {
+        Some(applier) => state_snapshot::restore(&spec.dir, applier.as_mut(), &mut log)?,
+        None => None,
+    };
     let (mut hard_state, conf_state) = initial_state(&spec.dir, &spec.voters, &log)?;
     // The commit in the state file is written lazily (with term and vote changes), but retention
     // and snapshots move the log start only over committed entries: everything up to the log
@@ -228,12 +236,17 @@ pub(super) fn open_group(
     hard_state.commit = hard_state.commit.max(log.log_start().index.0);
     let single_voter = conf_state.voters == [config.node_id.0];
     let applied = if spec.applier.is_some() {
-        0
+        state_snapshot.as_ref().map_or(0, |snapshot| snapshot.index.0)
     } else {
         hard_state.commit.min(log.last_index().0)
     };
+    // The state snapshot's entry was applied, so committed (and the log holds it).
+    hard_state.commit = hard_state.commit.max(applied);
     let log: SharedLog = std::sync::Arc::new(std::sync::RwLock::new(log));
-    let storage = GroupStorage::new(spec.dir.clone(), log.clone(), hard_state, conf_state);
+    let mut storage = GroupStorage::new(spec.dir.clone(), log.clone(), hard_state, conf_state);
+    if spec.applier.is_some() {
+        storage.keep_state_snapshots(state_snapshot);
+    }
     let raft_config = raft::Config {
         id: config.node_id.0,
         election_tick: config.election_ticks,

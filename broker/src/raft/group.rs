@@ -78,7 +78,8 @@ impl Group {
         self.node.store().dir()
     }
 
-    /// Age-based roll and retention; retention only ever deletes committed entries.
+    /// Age-based roll, retention and compaction (up to the state snapshot); both only ever
+    /// delete entries at or below the high watermark's, whose proposals are answered.
     pub fn housekeeping(&mut self, now_ms: i64) -> Result<(), String> {
         let log = self.log().clone();
         let mut log = write_log(&log);
@@ -89,6 +90,16 @@ impl Group {
         drop(log);
         if deleted > 0 {
             tracing::info!(group = %self.id, segments = deleted, "retention deleted segments");
+        }
+        let compacted = self
+            .node
+            .mut_store()
+            .compact(self.visible_index)
+            .map_err(|e| e.to_string())?;
+        if compacted > 0 {
+            tracing::debug!(group = %self.id, segments = compacted, "compaction deleted segments");
+        }
+        if deleted + compacted > 0 {
             self.publish()?;
         }
         Ok(())
@@ -231,6 +242,16 @@ impl Group {
     pub fn persist_ready(&mut self, ready: &mut raft::Ready) -> Result<bool, String> {
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
+            if let Some(applier) = self.applier.as_mut() {
+                // The state first (checked by the applier), durable before the log is reset.
+                let state = super::state_snapshot::StateSnapshot::from_raft(&snapshot)?;
+                applier.restore(state.index, &state.data)?;
+                tracing::info!(group = %self.id, index = %state.index, "installed the leader's state snapshot");
+                self.node
+                    .mut_store()
+                    .save_state_snapshot(state)
+                    .map_err(|e| e.to_string())?;
+            }
             self.node
                 .mut_store()
                 .apply_snapshot(&snapshot)
@@ -301,6 +322,14 @@ impl Group {
         }
         if let Some(applier) = self.applier.as_mut() {
             applier.apply(&entries);
+            if let (Some(data), Some(last)) = (applier.snapshot(), entries.last()) {
+                let (index, term) = (RaftIndex(last.index), Term(last.term));
+                self.node
+                    .mut_store()
+                    .take_state_snapshot(index, term, data)
+                    .map_err(|e| e.to_string())?;
+                tracing::debug!(group = %self.id, %index, "took a state snapshot");
+            }
         }
         Ok(())
     }

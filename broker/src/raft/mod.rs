@@ -23,6 +23,7 @@ mod driver;
 mod group;
 mod logger;
 mod state_file;
+mod state_snapshot;
 mod storage;
 #[cfg(test)]
 mod tests;
@@ -33,6 +34,7 @@ use std::time::Duration;
 pub use driver::{GroupHandle, RaftDriver};
 pub use raft::eraftpb::Message as RaftMessage;
 pub use state_file::StateFileError;
+pub use state_snapshot::SnapshotError;
 pub use storage::{read_log, write_log, SharedLog};
 
 use crate::log::{LogConfig, LogError};
@@ -79,6 +81,8 @@ pub enum RaftError {
     Log(#[from] LogError),
     #[error(transparent)]
     StateFile(#[from] StateFileError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
     #[error("I/O error on {path}: {source}")]
@@ -140,8 +144,30 @@ impl Transport for NoPeers {
 
 /// Receives a group's committed entries in order, on the group's raft thread. The controller
 /// group applies its commands this way; partitions need no applier.
+///
+/// An applier may keep state snapshots (see `state_snapshot`): after each `apply` the group
+/// asks for one; when the applier gives its serialized state, the group writes it to the
+/// `state-snapshot` file and compacts its log up to it. At open the file's state is handed to
+/// `restore` and only later entries are applied; a follower the leader can no longer send
+/// entries to gets the leader's snapshot through `restore` too.
 pub trait Applier: Send {
     fn apply(&mut self, entries: &[raft::eraftpb::Entry]);
+
+    /// Called after every `apply`: the state serialized, when the applier wants a snapshot of
+    /// it taken now (as of the last entry it applied), e.g. every N entries. The default: never.
+    fn snapshot(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Replaces the state with one `snapshot` produced (on this node or on the leader), the
+    /// state after applying entry `index`. An error (data it cannot read) fails the group (at
+    /// open: the start) and leaves the state as it was.
+    fn restore(&mut self, index: RaftIndex, data: &[u8]) -> Result<(), String> {
+        let _ = data;
+        Err(format!(
+            "this applier keeps no snapshots (one of entry {index} was found)"
+        ))
+    }
 }
 
 /// Settings of the raft threads, shared by every group.
@@ -200,7 +226,8 @@ pub struct GroupSpec {
     /// The replica that should lead when it is up and caught up (placement spreads these over
     /// the nodes); `None`: whoever wins elections keeps leading.
     pub preferred_leader: Option<NodeId>,
-    /// Receives committed entries from the start of the log on every start (the controller);
-    /// None for partitions, whose committed entries need no applying.
+    /// Receives committed entries (the controller): on every start, those after its state
+    /// snapshot, or from the start of the log without one. None for partitions, whose committed
+    /// entries need no applying.
     pub applier: Option<Box<dyn Applier>>,
 }

@@ -9,6 +9,7 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 use super::state_file;
+use super::state_snapshot::{self, StateSnapshot};
 use crate::log::{AppendEntry, BatchKind, LogError, LogStart, PartitionLog, StoredEntry};
 use crate::types::{Offset, RaftIndex, Term};
 
@@ -31,6 +32,9 @@ pub struct GroupStorage {
     log: SharedLog,
     hard_state: HardState,
     conf_state: ConfState,
+    /// The latest state snapshot of a group with an applier (`Some(None)`: none taken yet);
+    /// `None` for groups without state (partitions), whose snapshot is the log start.
+    state_snapshot: Option<Option<StateSnapshot>>,
 }
 
 impl GroupStorage {
@@ -40,7 +44,43 @@ impl GroupStorage {
             log,
             hard_state,
             conf_state,
+            state_snapshot: None,
         }
+    }
+
+    /// Makes this the storage of a group with state snapshots, `latest` the one restored at open.
+    pub fn keep_state_snapshots(&mut self, latest: Option<StateSnapshot>) {
+        self.state_snapshot = Some(latest);
+    }
+
+    /// Stores the applier's state as of entry `index` (applied, so committed and in the log).
+    /// The log is compacted up to it later, by [`Self::compact`].
+    pub fn take_state_snapshot(&mut self, index: RaftIndex, term: Term, data: Vec<u8>) -> Result<(), super::RaftError> {
+        let offset = read_log(&self.log).next_offset_after(index)?;
+        self.save_state_snapshot(StateSnapshot {
+            index,
+            term,
+            offset,
+            data: data.into(),
+        })
+    }
+
+    /// Deletes the log's whole sealed segments that the state snapshot covers, up to `visible`
+    /// at most (entries above it may still have proposals waiting to be answered). Returns how
+    /// many segments went; none for groups without state snapshots.
+    pub fn compact(&mut self, visible: RaftIndex) -> Result<usize, LogError> {
+        match &self.state_snapshot {
+            Some(Some(snapshot)) => write_log(&self.log).delete_segments_through(snapshot.index.min(visible)),
+            _ => Ok(0),
+        }
+    }
+
+    /// Writes a state snapshot (taken here, or received from the leader before the log is reset
+    /// to it) and serves it to followers from now on.
+    pub fn save_state_snapshot(&mut self, snapshot: StateSnapshot) -> Result<(), super::RaftError> {
+        state_snapshot::store(&self.dir, &snapshot)?;
+        self.state_snapshot = Some(Some(snapshot));
+        Ok(())
     }
 
     pub fn log(&self) -> &SharedLog {
@@ -182,16 +222,23 @@ impl raft::Storage for GroupStorage {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // A Weir snapshot carries no data: it is the log start position (index, term, record
-        // offset). The follower empties its log and continues from there with the leader's log.
+        // A partition's snapshot carries no data: it is the log start position (index, term,
+        // record offset). The follower empties its log and continues from there with the
+        // leader's log. A group with state (the controller) sends its latest state snapshot,
+        // which is never below the log start (the log is compacted only up to it).
         let start = read_log(&self.log).log_start();
+        let (index, term, data) = match &self.state_snapshot {
+            None => (start.index, start.term, encode_snapshot_offset(start.offset)),
+            Some(Some(state)) if state.index >= start.index => (state.index, state.term, state.to_raft_data()),
+            Some(_) => return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)),
+        };
         let mut snapshot = Snapshot {
-            data: encode_snapshot_offset(start.offset),
+            data,
             ..Default::default()
         };
         let metadata = snapshot.mut_metadata();
-        metadata.index = start.index.0;
-        metadata.term = start.term.0;
+        metadata.index = index.0;
+        metadata.term = term.0;
         metadata.set_conf_state(self.conf_state.clone());
         Ok(snapshot)
     }

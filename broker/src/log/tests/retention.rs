@@ -97,6 +97,44 @@ fn retention_by_size_keeps_the_log_under_the_limit() {
 }
 
 #[test]
+fn delete_segments_through_an_index_keeps_the_segment_holding_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = timed_log(dir.path(), small_config(SEGMENT));
+    let bounds = segment_bounds(&log);
+    assert!(bounds.len() >= 4, "{bounds:?}");
+    // Below the end of the first segment: nothing goes.
+    assert_eq!(log.delete_segments_through(index(bounds[0].1 - 1)).unwrap(), 0);
+    assert_eq!(log.log_start(), LogStart::default());
+    // Inside the third segment: the first two go, the third (which holds the index) stays.
+    assert_eq!(log.delete_segments_through(index(bounds[2].1 - 1)).unwrap(), 2);
+    let start = log.log_start();
+    assert_eq!(start.index, index(bounds[1].1));
+    assert_eq!(start.term, log.term(start.index).unwrap());
+    assert_eq!(start.offset, Offset(4 * bounds[1].1));
+    assert_eq!(log.first_index(), index(bounds[2].0));
+    assert!(matches!(
+        log.entries(index(bounds[1].1), index(bounds[1].1 + 1), None),
+        Err(LogError::Unavailable { .. })
+    ));
+    assert_eq!(
+        read_records(&log, start.offset.0).len() as u64,
+        log.next_offset().0 - start.offset.0
+    );
+    // Past the end: every sealed segment goes, never the active one.
+    let sealed = log.segment_count() - 1;
+    assert_eq!(log.delete_segments_through(index(u64::MAX)).unwrap(), sealed);
+    assert_eq!(log.segment_count(), 1);
+    assert!(log.active().writable);
+    assert_eq!(log.delete_segments_through(index(u64::MAX)).unwrap(), 0);
+    let start = log.log_start();
+    drop(log);
+    let (log, _) = open(dir.path(), small_config(SEGMENT));
+    assert_eq!(log.log_start(), start);
+    assert_eq!(log.last_index(), index(50));
+    assert_eq!(segment_files(dir.path()).len(), 1);
+}
+
+#[test]
 fn truncate_then_append_different_entries() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = open(dir.path(), small_config(SEGMENT));
