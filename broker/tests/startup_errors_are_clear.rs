@@ -80,3 +80,34 @@ fn second_broker_on_same_data_dir_is_refused() {
     assert!(!ok);
     assert!(stderr.contains("in use"), "{stderr}");
 }
+
+/// Starts the broker on a data directory whose controller state snapshot holds `bytes`.
+fn run_with_controller_snapshot(bytes: &[u8]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = dir.path().join("controller");
+    std::fs::create_dir_all(&controller).unwrap();
+    std::fs::write(controller.join("state-snapshot"), bytes).unwrap();
+    run_to_exit(&["--data-dir", dir.path().to_str().unwrap(), "--listen", "127.0.0.1:0"])
+}
+
+#[test]
+fn corrupt_controller_snapshot_is_a_clear_error() {
+    let (ok, stderr) = run_with_controller_snapshot(b"WSNP\x01\0\0\0 not a snapshot at all, just bytes");
+    assert!(!ok);
+    assert!(
+        stderr.contains("state snapshot") && stderr.contains("is corrupt"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("state-snapshot"), "names the file: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn controller_snapshot_of_an_unknown_version_is_a_clear_error() {
+    let mut bytes = b"WSNP\x09\0\0\0".to_vec();
+    bytes.resize(64, 0);
+    let (ok, stderr) = run_with_controller_snapshot(&bytes);
+    assert!(!ok);
+    assert!(stderr.contains("format version 9"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

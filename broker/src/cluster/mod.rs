@@ -5,9 +5,35 @@
 //! node to its [`ClusterState`] in log order. A reconciler watches the applied state and starts,
 //! reconfigures or stops this node's partition replicas (and deletes a deleted topic's data).
 //!
+//! # Snapshots and compaction
+//!
+//! Every [`ClusterConfig::controller_snapshot_entries`] applied entries (default
+//! [`CONTROLLER_SNAPSHOT_ENTRIES`], 1024) the controller applier serializes the whole
+//! [`ClusterState`] (topics, the group id counter, the applied index and the outcomes of the last
+//! 4096 commands) as JSON `{"version":1,"state":{...}}`, and the raft layer writes it with the
+//! entry's index and term to `DATA_DIR/controller/state-snapshot` (format `WSNP` version 1: a
+//! 40-byte header with index, term, record offset and data length, the data, a CRC-32; see
+//! `raft/state_snapshot.rs`), atomically (temp file, fsync, rename, directory fsync). The
+//! group's housekeeping (every second) then deletes the controller log's whole sealed segments
+//! at or below that index, which moves the log start; the segment holding the index stays.
+//!
+//! - **Start:** the snapshot is restored first and raft-rs starts with `applied` at its index,
+//!   so only the entries after it are replayed. A corrupt file, one of an unknown version, or a
+//!   state the broker cannot read stops the start with an error that names the file.
+//! - **Lagging followers:** when a follower needs entries the leader compacted away, raft-rs
+//!   sends a snapshot; the controller's carries the state file (after the 8-byte log start
+//!   offset every raft snapshot carries). The follower restores the state (replacing its own),
+//!   writes it as its snapshot file, then resets its log to start at the snapshot's index. A
+//!   crash between the last two is finished at the next start (the log does not hold the
+//!   snapshot's entry with its term, so it is reset then).
+//! - **Waiting proposers:** the outcomes are in the snapshot, so a proposer whose command's
+//!   entry this node received inside a snapshot still learns whether the command was rejected.
+//!   An outcome older than the last 4096 commands reads as success.
+//!
 //! # Invariants
-//! - The state changes only by applying committed controller entries: it is the same on every
-//!   node that applied the same prefix.
+//! - The state changes only by applying committed controller entries, or by restoring a
+//!   snapshot of the state some node had after applying a committed prefix: it is the same on
+//!   every node that applied the same prefix.
 //! - A partition's Raft group id is never reused, and its directory is named after it, so a
 //!   re-created topic never meets an old topic's data.
 

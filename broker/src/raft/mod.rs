@@ -9,6 +9,8 @@
 //! - `group`: one replica on its raft thread: RawNode, waiting proposals, high watermark.
 //! - `storage`: `raft::Storage` over the partition log. The Raft log *is* the partition log.
 //! - `state_file`: the durable hard state and configuration of a group.
+//! - `state_snapshot`: the state snapshot of a group with an [`Applier`] (the controller): its
+//!   file, and how raft snapshots carry it to followers that need compacted entries.
 //! - `logger`: raft-rs's slog output routed into tracing, keeping `raft_id` and `group`.
 //!
 //! # Invariants

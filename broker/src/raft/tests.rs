@@ -98,3 +98,130 @@ async fn proposals_to_unknown_groups_fail_cleanly() {
     assert!(!dir.path().join("g7").exists(), "the group's data was deleted");
     driver.shutdown();
 }
+
+/// A state machine for the snapshot tests: counts applied records entries; its snapshot is the
+/// count as 8 bytes.
+struct CountingApplier {
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl super::Applier for CountingApplier {
+    fn apply(&mut self, entries: &[raft::eraftpb::Entry]) {
+        let records = entries
+            .iter()
+            .filter(|e| e.get_entry_type() == raft::eraftpb::EntryType::EntryNormal && !e.data.is_empty())
+            .count() as u64;
+        self.count.fetch_add(records, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn restore(&mut self, _index: crate::types::RaftIndex, data: &[u8]) -> Result<(), String> {
+        let raw: [u8; 8] = data.try_into().map_err(|_| "not 8 bytes".to_string())?;
+        self.count
+            .store(u64::from_le_bytes(raw), std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn start_counting(dir: &Path) -> (RaftDriver, GroupHandle, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let config = RaftConfig {
+        threads: 1,
+        ..RaftConfig::default()
+    };
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let driver = RaftDriver::start(config, std::sync::Arc::new(super::NoPeers)).unwrap();
+    let handle = driver
+        .add_group(GroupSpec {
+            id: GroupId(9),
+            dir: dir.to_path_buf(),
+            log_config: LogConfig::default(),
+            voters: vec![NodeId(1)],
+            preferred_leader: None,
+            applier: Some(Box::new(CountingApplier { count: count.clone() })),
+        })
+        .unwrap();
+    (driver, handle, count)
+}
+
+/// A log of 60 records entries of term 1 (what a follower had), and a state snapshot of entry 50
+/// of `term` written next to it (an install, or a snapshot taken here).
+fn log_and_snapshot(dir: &Path, term: u64) {
+    use crate::log::{AppendEntry, BatchKind, PartitionLog};
+    use crate::types::{RaftIndex, Term};
+    std::fs::create_dir_all(dir).unwrap();
+    let (mut log, _) = PartitionLog::open(dir, LogConfig::default()).unwrap();
+    for index in 1..=60 {
+        log.append(AppendEntry {
+            index: RaftIndex(index),
+            term: Term(1),
+            kind: BatchKind::Records,
+            data: &batch(1),
+        })
+        .unwrap();
+    }
+    let flush = log.pending_flush();
+    flush.run().unwrap();
+    log.mark_flushed(&flush).unwrap();
+    log.close().unwrap();
+    super::state_snapshot::store(
+        dir,
+        &super::state_snapshot::StateSnapshot {
+            index: RaftIndex(50),
+            term: Term(term),
+            offset: Offset(1000),
+            data: bytes::Bytes::copy_from_slice(&42u64.to_le_bytes()),
+        },
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_restores_the_state_snapshot_and_replays_only_later_entries() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let group_dir = dir.path().join("g9");
+    log_and_snapshot(&group_dir, 1);
+    let (driver, handle, count) = start_counting(&group_dir);
+    wait_leader(&handle).await;
+    // 42 from the snapshot, plus entries 51..=60: the ten after it, not the sixty.
+    let mut progress = handle.watch();
+    progress.wait_for(|p| p.commit_index.0 >= 61).await.unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 52);
+    let log = super::read_log(handle.log());
+    assert_eq!(
+        (log.log_start().index.0, log.last_index().0),
+        (0, 61),
+        "no reset: the log holds entry 50"
+    );
+    drop(log);
+    driver.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_snapshot_install_is_finished_at_open() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let group_dir = dir.path().join("g9");
+    // The snapshot names entry 50 with term 3, the log has term 1 there: the leader's snapshot
+    // was written, the crash came before the log reset.
+    log_and_snapshot(&group_dir, 3);
+    let (driver, handle, count) = start_counting(&group_dir);
+    wait_leader(&handle).await;
+    let start = super::read_log(handle.log()).log_start();
+    assert_eq!((start.index.0, start.term.0, start.offset), (50, 3, Offset(1000)));
+    assert_eq!(count.load(Ordering::SeqCst), 42);
+    let committed = handle.propose(batch(2), Acks::All).unwrap().await.unwrap().unwrap();
+    assert_eq!(committed.base_offset, Offset(1000));
+    let mut progress = handle.watch();
+    progress.wait_for(|p| p.commit_index >= committed.index).await.unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 43);
+    driver.shutdown();
+
+    // A restart restores the same snapshot and replays the entries after it.
+    let (driver, handle, count) = start_counting(&group_dir);
+    wait_leader(&handle).await;
+    let mut progress = handle.watch();
+    progress.wait_for(|p| p.commit_index > committed.index).await.unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 43);
+    assert_eq!(super::read_log(handle.log()).log_start().index.0, 50);
+    driver.shutdown();
+}
