@@ -75,6 +75,10 @@ struct FileRaft {
     election_ticks: Option<usize>,
     heartbeat_ticks: Option<usize>,
     mailbox_messages_max: Option<usize>,
+    /// Bytes of sealed segments re-checked per second by the scrub; 0 turns it off.
+    scrub_bytes_per_sec: Option<u64>,
+    /// Milliseconds between passes that hand leadership back to preferred replicas.
+    leader_balance_interval_ms: Option<u64>,
 }
 
 /// Everything the broker runs with, validated.
@@ -187,6 +191,14 @@ impl BrokerConfig {
                     .raft
                     .mailbox_messages_max
                     .unwrap_or(raft_defaults.mailbox_messages_max),
+                scrub_bytes_per_sec: file
+                    .raft
+                    .scrub_bytes_per_sec
+                    .unwrap_or(raft_defaults.scrub_bytes_per_sec),
+                leader_balance_interval: file
+                    .raft
+                    .leader_balance_interval_ms
+                    .map_or(raft_defaults.leader_balance_interval, Duration::from_millis),
                 ..raft_defaults
             },
         };
@@ -262,6 +274,9 @@ impl BrokerConfig {
         }
         if r.mailbox_messages_max < 16 {
             return Err(invalid("raft.mailbox_messages_max", "must be at least 16"));
+        }
+        if r.leader_balance_interval < Duration::from_millis(100) {
+            return Err(invalid("raft.leader_balance_interval_ms", "must be at least 100"));
         }
         Ok(())
     }

@@ -45,6 +45,11 @@ impl Cluster {
     /// Starts `nodes` brokers, data in `dir/n1`, `dir/n2`, ..., all at once: each waits for a
     /// controller quorum before it reports ready, so starting them one by one would deadlock.
     pub fn start(dir: &Path, nodes: usize) -> Result<Self> {
+        Self::start_with_args(dir, nodes, &[])
+    }
+
+    /// Like [`Cluster::start`], every node with `extra_args` (e.g. `--config FILE`) too.
+    pub fn start_with_args(dir: &Path, nodes: usize, extra_args: &[String]) -> Result<Self> {
         let ports = free_ports(nodes)?;
         let peers: Vec<String> = ports
             .iter()
@@ -58,12 +63,13 @@ impl Cluster {
             .map(|(i, port)| {
                 let data = dir.join(format!("n{}", i + 1));
                 let listen = format!("127.0.0.1:{port}");
-                let args = vec![
+                let mut args = vec![
                     "--node-id".to_string(),
                     (i + 1).to_string(),
                     "--peers".into(),
                     peers.clone(),
                 ];
+                args.extend(extra_args.iter().cloned());
                 std::thread::spawn(move || BrokerProcess::start_listening(data, &listen, args))
             })
             .collect();

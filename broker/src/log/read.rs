@@ -76,6 +76,28 @@ impl PartitionLog {
         high: RaftIndex,
         max_bytes: Option<u64>,
     ) -> Result<Vec<StoredEntry>, LogError> {
+        self.collect(low, high, max_bytes, Payload::Checked)
+    }
+
+    /// Like [`Self::entries`], but records batches come without their bytes and unchecked:
+    /// for a Raft layer that needs only the entries' kinds and the bytes of configuration
+    /// changes (which are checked). Records data is never read, so it cannot fail on it.
+    pub fn entry_kinds(
+        &self,
+        low: RaftIndex,
+        high: RaftIndex,
+        max_bytes: Option<u64>,
+    ) -> Result<Vec<StoredEntry>, LogError> {
+        self.collect(low, high, max_bytes, Payload::ControlOnly)
+    }
+
+    fn collect(
+        &self,
+        low: RaftIndex,
+        high: RaftIndex,
+        max_bytes: Option<u64>,
+        payload: Payload,
+    ) -> Result<Vec<StoredEntry>, LogError> {
         let first = self.first_index();
         if low < first {
             return Err(LogError::Unavailable { index: low, first });
@@ -96,7 +118,7 @@ impl PartitionLog {
         let mut index = low;
         while index < high {
             let segment = self.stored_segment(index)?;
-            if !collect_entries(segment, &mut index, high, &mut budget, &mut entries)? {
+            if !collect_entries(segment, &mut index, high, &mut budget, payload, &mut entries)? {
                 break;
             }
         }
@@ -172,18 +194,33 @@ impl PartitionLog {
 
 /// Appends the entries of `segment` from `*index` on to `out`. Returns whether the caller should
 /// go on with the next segment.
+/// What [`collect_entries`] returns of each entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Payload {
+    /// Every batch CRC-checked and returned.
+    Checked,
+    /// Records batches neither checked nor returned; control batches checked and returned.
+    ControlOnly,
+}
+
 fn collect_entries(
     segment: &Segment,
     index: &mut RaftIndex,
     high: RaftIndex,
     budget: &mut Budget,
+    payload: Payload,
     out: &mut Vec<StoredEntry>,
 ) -> Result<bool, LogError> {
     let start = segment.find_index(*index)?;
     let bytes = view(&segment.map, start, segment.len);
     let mut position = start;
     while *index < high && position < segment.len {
-        let header = segment.checked_at(position)?;
+        let header = segment.header_at(position)?;
+        let header = if payload == Payload::ControlOnly && header.kind == BatchKind::Records {
+            header
+        } else {
+            segment.checked_at(position)?
+        };
         if header.index != index.0 {
             return Err(segment.corrupt(position, format!("expected entry {index}, found {}", header.index)));
         }
@@ -194,6 +231,7 @@ fn collect_entries(
         budget.used += length;
         let at = (position - start) as usize;
         let data = match header.kind {
+            BatchKind::Records if payload == Payload::ControlOnly => Bytes::new(),
             BatchKind::Records => bytes.slice(at..at + length),
             _ => bytes.slice(at + HEADER_LEN..at + length),
         };

@@ -22,12 +22,14 @@ use tokio::sync::{oneshot, watch};
 
 use super::group::Group;
 use super::logger::root_logger;
+use super::repair::Repair;
+use super::scrub::{Notice, Notices, Registry, Scrub, Scrubbed};
 use super::storage::{read_log, write_log, GroupStorage, SharedLog};
 use super::{
     state_file, state_snapshot, Acks, Committed, GroupSpec, Progress, ProposeError, RaftConfig, RaftError, Role,
     Transport,
 };
-use crate::log::PartitionLog;
+use crate::log::{Corruption, LogError, PartitionLog};
 use crate::types::{GroupId, NodeId, RaftIndex, Term};
 
 pub(super) enum Command {
@@ -48,6 +50,12 @@ pub(super) enum Command {
         group: GroupId,
         message: Message,
     },
+    /// Damage found in the group's log (by the scrub or a reader): cut it there and repair the
+    /// replica from the leader.
+    Repair {
+        group: GroupId,
+        corruption: Corruption,
+    },
     /// Stop leading: hand every group this node leads to a caught-up follower, refuse to take
     /// leadership from now on (the node is about to stop).
     Drain,
@@ -64,6 +72,8 @@ pub struct GroupHandle {
     progress: watch::Receiver<Progress>,
     mailbox: SyncSender<Command>,
     mailbox_messages_max: usize,
+    /// Where damage found by readers goes (the scrub thread), when one runs.
+    notices: Option<Notices>,
 }
 
 impl GroupHandle {
@@ -99,6 +109,14 @@ impl GroupHandle {
     pub fn log(&self) -> &SharedLog {
         &self.log
     }
+
+    /// Tells the node that a read of this group's log failed its check (`LogError::Corrupt`):
+    /// the damaged segment is checked and the replica repaired from the leader.
+    pub fn report_damage(&self, error: &LogError) {
+        if let (LogError::Corrupt { path, .. }, Some(notices)) = (error, &self.notices) {
+            let _ = notices.send(Notice::Suspect(self.id, path.clone()));
+        }
+    }
 }
 
 /// The raft threads of this node.
@@ -107,15 +125,30 @@ pub struct RaftDriver {
     shards: Vec<SyncSender<Command>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     logger: slog::Logger,
+    /// The groups the scrub thread checks, and its mailbox.
+    scrubbed: Registry,
+    notices: Notices,
 }
 
 impl RaftDriver {
     pub fn start(config: RaftConfig, transport: std::sync::Arc<dyn Transport>) -> Result<Self, RaftError> {
         let mut shards = Vec::new();
         let mut threads = Vec::new();
+        let scrubbed = Registry::default();
+        let (notices, notices_receiver) = std::sync::mpsc::channel();
+        let scrub = Scrub::new(scrubbed.clone(), notices_receiver, config.scrub_bytes_per_sec);
+        let thread = std::thread::Builder::new()
+            .name("weir-scrub".into())
+            .spawn(move || scrub.run())
+            .map_err(|source| RaftError::Io {
+                path: "scrub thread".into(),
+                source,
+            })?;
+        threads.push(thread);
         for index in 0..config.threads.max(1) {
             let (sender, receiver) = sync_channel(config.mailbox_messages_max);
-            let shard = Shard::new(config.clone(), transport.clone());
+            let mut shard = Shard::new(config.clone(), transport.clone());
+            shard.notices = Some(notices.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("raft-{index}"))
                 .spawn(move || shard.run(receiver))
@@ -131,6 +164,8 @@ impl RaftDriver {
             shards,
             threads: Mutex::new(threads),
             logger: root_logger(),
+            scrubbed,
+            notices,
         })
     }
 
@@ -146,10 +181,19 @@ impl RaftDriver {
     /// Blocking: call it from a blocking context.
     pub fn add_group(&self, spec: GroupSpec) -> Result<GroupHandle, RaftError> {
         let mailbox = self.shard(spec.id).clone();
-        let (group, handle) = open_group(&self.config, &self.logger, spec, mailbox.clone())?;
+        let (group, mut handle) = open_group(&self.config, &self.logger, spec, mailbox.clone())?;
+        handle.notices = Some(self.notices.clone());
         mailbox
             .send(Command::AddGroup(Box::new(group)))
             .map_err(|_| RaftError::Stopped)?;
+        let scrubbed = Scrubbed {
+            log: handle.log.clone(),
+            mailbox,
+        };
+        self.scrubbed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(handle.id, scrubbed);
         Ok(handle)
     }
 
@@ -170,6 +214,7 @@ impl RaftDriver {
 
     /// Stops the group's replica; with `delete_data`, removes its directory afterwards.
     pub async fn remove_group(&self, group: GroupId, delete_data: bool) -> Result<(), RaftError> {
+        self.scrubbed.lock().unwrap_or_else(|p| p.into_inner()).remove(&group);
         let (reply, receiver) = oneshot::channel();
         self.shard(group)
             .send(Command::RemoveGroup {
@@ -184,6 +229,7 @@ impl RaftDriver {
     /// Closes every group cleanly (hard state, flush, clean markers) and stops the threads.
     /// Blocking.
     pub fn shutdown(&self) {
+        let _ = self.notices.send(Notice::Stop);
         let mut waits = Vec::new();
         for shard in &self.shards {
             let (reply, wait) = std::sync::mpsc::channel();
@@ -235,6 +281,17 @@ pub(super) fn open_group(
     // start is committed. raft-rs refuses to start with a commit below it.
     hard_state.commit = hard_state.commit.max(log.log_start().index.0);
     let single_voter = conf_state.voters == [config.node_id.0];
+    let mut repair = Repair::load(&spec.dir)?;
+    if report.truncated_durable_bytes > 0 && !single_voter && spec.applier.is_none() && repair.is_none() {
+        // Entries this replica may have acknowledged are gone, and which ones is not known.
+        let started = Repair {
+            until: None,
+            term: Term(hard_state.term),
+        };
+        started.store(&spec.dir)?;
+        tracing::warn!(group = %spec.id, "repairing the cut log from the leader; not voting until then");
+        repair = Some(started);
+    }
     let applied = if spec.applier.is_some() {
         state_snapshot.as_ref().map_or(0, |snapshot| snapshot.index.0)
     } else {
@@ -267,7 +324,15 @@ pub(super) fn open_group(
     }
     let initial = initial_progress(&log);
     let (progress_sender, progress) = watch::channel(initial);
-    let group = Group::new(spec.id, node, progress_sender, spec.applier, spec.preferred_leader);
+    let group = Group::new(
+        spec.id,
+        node,
+        progress_sender,
+        spec.applier,
+        spec.preferred_leader,
+        (raft_config, logger),
+        repair,
+    );
     Ok((
         group,
         GroupHandle {
@@ -276,6 +341,7 @@ pub(super) fn open_group(
             progress,
             mailbox,
             mailbox_messages_max: config.mailbox_messages_max,
+            notices: None,
         },
     ))
 }
@@ -307,6 +373,7 @@ fn initial_progress(log: &SharedLog) -> Progress {
         term: Term(0),
         commit_index: RaftIndex(0),
         failure: None,
+        repairing: false,
     }
 }
 
@@ -323,6 +390,9 @@ pub(super) struct Shard {
     transport: std::sync::Arc<dyn Transport>,
     /// Set by [`Command::Drain`]: this node is stopping and takes no leadership.
     draining: bool,
+    /// The scrub thread, which locates damage that raft-rs reads ran into; without one (a
+    /// simulation), the raft thread locates it itself.
+    notices: Option<Notices>,
 }
 
 /// What a round's clock says is due, decided by the caller (the raft thread from `Instant`,
@@ -343,6 +413,7 @@ impl Shard {
             groups: HashMap::new(),
             transport,
             draining: false,
+            notices: None,
         }
     }
 
@@ -402,7 +473,7 @@ impl Shard {
         }
         if due.tick {
             self.groups.values_mut().for_each(|group| {
-                group.node.tick();
+                group.tick();
             });
         }
         if let Some(now) = due.housekeeping {
@@ -448,6 +519,11 @@ impl Shard {
                 // still on its way) or has failed: the sender retries.
                 _ => tracing::debug!(%group, from = message.from, "raft message for a group not running here"),
             },
+            Command::Repair { group, corruption } => {
+                if let Some(target) = self.groups.get_mut(&group) {
+                    target.repair(corruption);
+                }
+            }
             Command::Drain => {
                 self.draining = true;
                 let transport = &self.transport;
@@ -548,6 +624,28 @@ impl Shard {
             }
         }
         self.send(outbox);
+        self.repair_damaged();
+    }
+
+    /// Groups whose raft-rs reads ran into damaged data this round get it located (by the
+    /// scrub thread) and repaired.
+    fn repair_damaged(&mut self) {
+        for (id, group) in self.groups.iter_mut() {
+            let Some(path) = group.node.store().take_noticed_corruption() else {
+                continue;
+            };
+            match &self.notices {
+                Some(notices) => {
+                    let _ = notices.send(Notice::Suspect(*id, path));
+                }
+                None => {
+                    let found = read_log(group.log()).first_corrupt_entry(&path);
+                    if let Some(corruption) = found {
+                        group.repair(corruption);
+                    }
+                }
+            }
+        }
     }
 
     fn send(&self, messages: Vec<(GroupId, Message)>) {

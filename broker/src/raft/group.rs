@@ -7,11 +7,21 @@ use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, MessageType};
 use raft::{RawNode, StateRole};
 use tokio::sync::{oneshot, watch};
 
+use super::repair::Repair;
 use super::storage::{read_log, to_append, write_log, GroupStorage, SharedLog};
 use super::{Acks, Applier, Committed, Progress, ProposeError, Role};
 use crate::log::batch::HEADER_LEN;
-use crate::log::LogError;
+use crate::log::{Corruption, LogError};
 use crate::types::{GroupId, NodeId, Offset, RaftIndex, Term};
+
+/// What [`Group::absorb_lost_entries`] found.
+enum LostEntries {
+    No,
+    /// This follower lacks entries the leader thinks it has.
+    Here,
+    /// A follower lost entries; the leader now probes it again. The message is used up.
+    Handled,
+}
 
 /// A proposal waiting for its entry.
 struct Pending {
@@ -46,6 +56,11 @@ pub(super) struct Group {
     pub failure: Option<String>,
     /// The replica placement wants to lead (leaders spread evenly), if any.
     preferred_leader: Option<NodeId>,
+    /// Set while the replica re-fetches entries it cut from a damaged log (see `repair`).
+    repair: Option<Repair>,
+    /// What the RawNode was built with, to build it again after a repair cut the log.
+    raft_config: raft::Config,
+    logger: slog::Logger,
 }
 
 impl Group {
@@ -55,6 +70,8 @@ impl Group {
         progress: watch::Sender<Progress>,
         applier: Option<Box<dyn Applier>>,
         preferred_leader: Option<NodeId>,
+        rebuild: (raft::Config, slog::Logger),
+        repair: Option<Repair>,
     ) -> Self {
         let visible_index = RaftIndex(node.raft.raft_log.committed.min(node.raft.raft_log.persisted));
         Self {
@@ -67,6 +84,9 @@ impl Group {
             applier,
             failure: None,
             preferred_leader,
+            repair,
+            raft_config: rebuild.0,
+            logger: rebuild.1,
         }
     }
 
@@ -114,8 +134,24 @@ impl Group {
     /// not, the message is dropped (the leader retries) instead of failing the append later.
     /// A `draining` node (about to stop) ignores a leader's request to take over.
     pub fn step(&mut self, message: raft::eraftpb::Message, draining: bool) {
-        if draining && message.get_msg_type() == MessageType::MsgTimeoutNow {
+        let kind = message.get_msg_type();
+        if draining && kind == MessageType::MsgTimeoutNow {
             tracing::debug!(group = %self.id, from = message.from, "not taking over leadership: this node is stopping");
+            return;
+        }
+        let mut message = message;
+        let lost = match self.absorb_lost_entries(&mut message) {
+            LostEntries::Handled => return,
+            LostEntries::Here => true,
+            LostEntries::No => false,
+        };
+        if self.repair.is_some()
+            && matches!(
+                kind,
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote | MessageType::MsgTimeoutNow
+            )
+        {
+            tracing::debug!(group = %self.id, from = message.from, ?kind, "not voting or leading: this replica is repairing its log");
             return;
         }
         let bytes: u64 = message
@@ -130,23 +166,185 @@ impl Group {
             }
             self.unappended_bytes += bytes;
         }
+        let leader = message.from;
         if let Err(error) = self.node.step(message) {
             tracing::debug!(group = %self.id, %error, "raft message not stepped");
         }
+        if lost {
+            // Tell the leader: an append rejection naming this replica's last entry.
+            let raft = &mut self.node.raft;
+            let mut reject = raft::eraftpb::Message::default();
+            reject.set_msg_type(MessageType::MsgAppendResponse);
+            reject.to = leader;
+            reject.from = raft.id;
+            reject.term = raft.term;
+            reject.reject = true;
+            reject.index = raft.raft_log.last_index();
+            reject.reject_hint = raft.raft_log.last_index();
+            raft.msgs.push(reject);
+        }
+    }
+
+    /// Raft assumes a replica never loses entries it stored; a repaired one did (see
+    /// `repair`). The follower side: a leader's heartbeat names a commit index past the
+    /// shortened log (the leader remembers the entries as matched, and would send nothing
+    /// more): only what the log holds counts as known committed, and the leader hears that the
+    /// entries are missing (`Here`: the caller answers with an append rejection naming the last
+    /// entry). The leader side: a follower that rejects with a last entry below what the leader
+    /// thinks it matched lost entries; the leader forgets the match and probes from that entry
+    /// (`Handled`: raft-rs would take the rejection as stale and never resend). Both are safe
+    /// for any message: commit knowledge only shrinks, and probing checks terms before anything
+    /// is appended.
+    fn absorb_lost_entries(&mut self, message: &mut raft::eraftpb::Message) -> LostEntries {
+        match message.get_msg_type() {
+            MessageType::MsgHeartbeat => {
+                let last = self.node.raft.raft_log.last_index();
+                if message.commit > last {
+                    message.commit = last;
+                    return LostEntries::Here;
+                }
+            }
+            MessageType::MsgAppendResponse if message.reject && self.is_leader() => {
+                let Some(progress) = self.node.raft.mut_prs().get_mut(message.from) else {
+                    return LostEntries::No;
+                };
+                if message.reject_hint < progress.matched {
+                    tracing::warn!(
+                        group = %self.id,
+                        follower = message.from,
+                        matched = progress.matched,
+                        last = message.reject_hint,
+                        "a follower lost entries (a repaired replica): replicating to it from its last entry"
+                    );
+                    progress.matched = 0;
+                    progress.become_probe();
+                    progress.next_idx = message.reject_hint + 1;
+                    return LostEntries::Handled;
+                }
+            }
+            _ => {}
+        }
+        LostEntries::No
+    }
+
+    /// A tick; a repairing replica does not count towards an election timeout (it must not
+    /// campaign).
+    pub fn tick(&mut self) {
+        if self.repair.is_none() {
+            self.node.tick();
+        }
+    }
+
+    /// Cuts the log at the first damaged entry and rebuilds the replica on what is left; it
+    /// then gets the rest from the leader and neither votes nor leads until it has everything it
+    /// may have acknowledged (see `repair`). A group with no other voter, or with an applier
+    /// (the controller, whose state was built from the entries being cut), cannot be repaired
+    /// this way: it fails instead, serving nothing until an operator steps in.
+    pub fn repair(&mut self, corruption: Corruption) {
+        if self.failure.is_some() {
+            return;
+        }
+        let voters = self.node.raft.prs().conf().voters().ids().len();
+        if voters < 2 || self.applier.is_some() {
+            self.fail(format!(
+                "corrupt log from entry {} on ({}); no replica to repair it from",
+                corruption.from_index, corruption.error
+            ));
+            return;
+        }
+        tracing::error!(
+            group = %self.id,
+            from_index = %corruption.from_index,
+            error = %corruption.error,
+            "damaged log: cutting it at the first untrusted entry and repairing it from the leader"
+        );
+        if let Err(reason) = self.cut_and_rebuild(corruption.from_index) {
+            self.fail(reason);
+        }
+    }
+
+    fn cut_and_rebuild(&mut self, from: RaftIndex) -> Result<(), String> {
+        self.drain_pending(ProposeError::LeadershipLost { leader: None });
+        let log = self.log().clone();
+        let last = read_log(&log).last_index();
+        let until = match self.repair {
+            // An unfinished repair with an unknown end stays unknown.
+            Some(Repair { until: None, .. }) => None,
+            Some(Repair {
+                until: Some(earlier), ..
+            }) => Some(earlier.max(last)),
+            None => Some(last),
+        };
+        let repair = Repair {
+            until,
+            term: Term(self.node.raft.term),
+        };
+        repair.store(self.dir()).map_err(|e| e.to_string())?;
+        {
+            let mut log = write_log(&log);
+            log.truncate_from(from).map_err(|e| e.to_string())?;
+            let flush = log.pending_flush();
+            flush.run().map_err(|e| e.to_string())?;
+            log.mark_flushed(&flush).map_err(|e| e.to_string())?;
+        }
+        self.rebuild(repair)
+    }
+
+    /// A new RawNode over the (shortened) log, keeping term, vote and configuration.
+    fn rebuild(&mut self, repair: Repair) -> Result<(), String> {
+        let log = self.log().clone();
+        let (first, last) = {
+            let log = read_log(&log);
+            (log.log_start().index.0, log.last_index().0)
+        };
+        let mut hard_state = self.node.raft.hard_state();
+        hard_state.commit = hard_state.commit.min(last).max(first);
+        let conf_state = self.node.raft.prs().conf().to_conf_state();
+        let dir = self.dir().to_path_buf();
+        let storage = GroupStorage::new(dir, log, hard_state.clone(), conf_state);
+        storage.persist().map_err(|e| e.to_string())?;
+        let config = raft::Config {
+            applied: hard_state.commit,
+            ..self.raft_config.clone()
+        };
+        self.node = RawNode::new(&config, storage, &self.logger).map_err(|e| e.to_string())?;
+        self.unappended_bytes = 0;
+        self.visible_index = self.visible_index.min(RaftIndex(hard_state.commit));
+        self.repair = Some(repair);
+        self.publish()
+    }
+
+    /// Ends the repair once the replica has back what it may have acknowledged.
+    fn check_repair(&mut self) -> Result<(), String> {
+        let Some(repair) = self.repair else {
+            return Ok(());
+        };
+        let raft = &self.node.raft;
+        let committed = RaftIndex(raft.raft_log.committed);
+        let committed_term = Term(raft.raft_log.term(committed.0).unwrap_or(0));
+        let has_leader = raft.leader_id != raft::INVALID_ID;
+        if repair.is_done(committed, committed_term, Term(raft.term), has_leader) {
+            Repair::finish(self.dir()).map_err(|e| e.to_string())?;
+            self.repair = None;
+            tracing::info!(group = %self.id, %committed, "repair finished: the replica votes again");
+        }
+        Ok(())
     }
 
     fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
     }
 
-    /// Whether `node` is a voter that has every entry of this leader's log and answered lately.
+    /// Whether `node` is a voter that has every entry of this leader's log.
     fn holds_whole_log(&self, node: NodeId) -> bool {
         let raft = &self.node.raft;
+        // Not `recent_active`: check-quorum clears it every election timeout, in the same
+        // round a balance pass may run.
         raft.prs().conf().voters().contains(node.0)
             && raft
                 .prs()
                 .get(node.0)
-                .is_some_and(|p| p.recent_active && p.matched == raft.raft_log.last_index())
+                .is_some_and(|p| p.matched == raft.raft_log.last_index())
     }
 
     /// Leader of a group this node prefers not to lead: hands leadership to the preferred
@@ -181,11 +379,8 @@ impl Group {
         let target = raft
             .prs()
             .iter()
-            .filter(|(id, p)| {
-                **id != me
-                    && p.recent_active
-                    && raft.prs().conf().voters().contains(**id)
-                    && connected_for(NodeId(**id)).is_some()
+            .filter(|(id, _)| {
+                **id != me && raft.prs().conf().voters().contains(**id) && connected_for(NodeId(**id)).is_some()
             })
             .max_by_key(|(_, p)| p.matched)
             .map(|(id, _)| *id);
@@ -347,6 +542,7 @@ impl Group {
         messages.extend(light.take_messages());
         self.apply_committed(light.take_committed_entries())?;
         self.node.advance_apply();
+        self.check_repair()?;
         self.publish()?;
         self.complete_persisted();
         Ok(messages)
@@ -438,6 +634,7 @@ impl Group {
             term: Term(self.node.raft.term),
             commit_index: self.visible_index,
             failure: self.failure.clone(),
+            repairing: self.repair.is_some(),
         })
     }
 

@@ -24,6 +24,8 @@
 mod driver;
 mod group;
 mod logger;
+mod repair;
+mod scrub;
 mod state_file;
 mod state_snapshot;
 mod storage;
@@ -116,6 +118,9 @@ pub struct Progress {
     pub commit_index: RaftIndex,
     /// Why the replica stopped serving, if it did (storage failure, corruption).
     pub failure: Option<String>,
+    /// The replica cut its damaged log and is getting it back from the leader; it neither votes
+    /// nor leads until then (see `repair`).
+    pub repairing: bool,
 }
 
 /// Carries raft messages to other nodes. The raft threads call `send` once per round with every
@@ -197,6 +202,8 @@ pub struct RaftConfig {
     /// How often leaders hand leadership back to caught-up preferred leaders; a preferred
     /// leader must have been connected for twice this long.
     pub leader_balance_interval: Duration,
+    /// Bytes of sealed segments the scrub re-checks per second (all groups together); 0 = off.
+    pub scrub_bytes_per_sec: u64,
 }
 
 impl Default for RaftConfig {
@@ -214,6 +221,7 @@ impl Default for RaftConfig {
             inflight_messages_max: 256,
             housekeeping_interval: Duration::from_secs(1),
             leader_balance_interval: Duration::from_secs(5),
+            scrub_bytes_per_sec: 32 << 20,
         }
     }
 }

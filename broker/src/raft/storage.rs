@@ -32,6 +32,10 @@ pub struct GroupStorage {
     log: SharedLog,
     hard_state: HardState,
     conf_state: ConfState,
+    /// The segment file of a damaged batch that a raft-rs read ran into (raft-rs only sees a
+    /// storage error); the raft thread takes it after the round and repairs the replica.
+    noticed_corruption: std::sync::Mutex<Option<PathBuf>>,
+    noticed: std::sync::atomic::AtomicBool,
     /// The latest state snapshot of a group with an applier (`Some(None)`: none taken yet);
     /// `None` for groups without state (partitions), whose snapshot is the log start.
     state_snapshot: Option<Option<StateSnapshot>>,
@@ -44,6 +48,8 @@ impl GroupStorage {
             log,
             hard_state,
             conf_state,
+            noticed_corruption: std::sync::Mutex::new(None),
+            noticed: std::sync::atomic::AtomicBool::new(false),
             state_snapshot: None,
         }
     }
@@ -81,6 +87,24 @@ impl GroupStorage {
         state_snapshot::store(&self.dir, &snapshot)?;
         self.state_snapshot = Some(Some(snapshot));
         Ok(())
+    }
+
+    /// The segment file of a damaged batch that reads for raft-rs ran into since the last call.
+    /// Cheap when there is none (every round asks).
+    pub fn take_noticed_corruption(&self) -> Option<PathBuf> {
+        if !self.noticed.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        self.noticed_corruption.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The raft-rs error for a log error, noting where the data is damaged if it is.
+    fn storage_error(&self, error: LogError) -> raft::Error {
+        if let LogError::Corrupt { path, .. } = &error {
+            *self.noticed_corruption.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.clone());
+            self.noticed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        storage_error(error)
     }
 
     pub fn log(&self) -> &SharedLog {
@@ -198,11 +222,28 @@ impl raft::Storage for GroupStorage {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
+        context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let stored = read_log(&self.log)
-            .entries(RaftIndex(low), RaftIndex(high), max_size.into())
-            .map_err(storage_error)?;
+        let (low, high, max_size) = (RaftIndex(low), RaftIndex(high), max_size.into());
+        let log = read_log(&self.log);
+        // Entries sent to followers are read whole and checked; a group with state applies
+        // committed entries from their records. Other raft-rs reads (committed entries of a
+        // partition, pending configuration checks) need only the kinds and configuration
+        // changes: records bytes are neither copied nor checked for them. raft-rs treats a
+        // failed read as fatal except when sending (`can_async`), where "temporarily
+        // unavailable" makes it wait: the raft thread then repairs the replica.
+        let sending = context.can_async();
+        let stored = if sending || self.state_snapshot.is_some() {
+            log.entries(low, high, max_size)
+        } else {
+            log.entry_kinds(low, high, max_size)
+        };
+        let stored = stored.map_err(|error| match self.storage_error(error) {
+            raft::Error::Store(StorageError::Other(_)) if sending => {
+                raft::Error::Store(StorageError::LogTemporarilyUnavailable)
+            }
+            other => other,
+        })?;
         Ok(stored.into_iter().map(to_entry).collect())
     }
 
@@ -210,7 +251,7 @@ impl raft::Storage for GroupStorage {
         read_log(&self.log)
             .term(RaftIndex(index))
             .map(|term| term.0)
-            .map_err(storage_error)
+            .map_err(|e| self.storage_error(e))
     }
 
     fn first_index(&self) -> raft::Result<u64> {

@@ -75,7 +75,11 @@ impl DataService {
             if offset < current.high_watermark.0 {
                 let chunk = read_log(replica.group.log())
                     .read(Offset(offset), current.high_watermark, max_bytes)
-                    .map_err(from_log)?;
+                    .map_err(|error| {
+                        // Damaged data is never served; the replica gets repaired from a peer.
+                        replica.group.report_damage(&error);
+                        from_log(error)
+                    })?;
                 if !chunk.slices.is_empty() {
                     return Ok(v1::FetchResponse {
                         batches: concat(chunk.slices),
