@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use weir_proto::v1::{self, admin_client::AdminClient, admin_server::Admin};
 
 use super::status::from_cluster;
+use super::{forwarded, FORWARDED_KEY};
 use crate::cluster::{validate_topic_name, Cluster, ClusterError, Command, TopicConfig, TopicState};
 use crate::raft::read_log;
 use crate::raft::ProposeError;
@@ -61,18 +62,6 @@ fn to_proto_config(config: &TopicConfig) -> v1::TopicConfig {
         segment_age_ms_max: config.segment_age_ms_max,
         batch_bytes_max: config.batch_bytes_max,
     }
-}
-
-/// Metadata key on an admin request one node forwarded to the controller leader: it is never
-/// forwarded again, so a stale leader hint cannot bounce a request around.
-const FORWARDED_KEY: &str = "weir-forwarded";
-
-fn forwarded<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(FORWARDED_KEY, tonic::metadata::MetadataValue::from_static("1"));
-    request
 }
 
 impl AdminService {

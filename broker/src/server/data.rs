@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use weir_proto::v1::{self, list_offsets_request::Spec, weir_server::Weir};
 
 use super::status::{from_cluster, from_log, from_propose, not_leader, out_of_range};
-use super::{Limits, Stopping};
+use super::{forwarded, Limits, PeerClients, Stopping, FORWARDED_KEY};
 use crate::cluster::{validate_topic_name, Cluster, PartitionReplica};
 use crate::log::batch::{self, BatchKind};
 use crate::raft::{read_log, Acks, Role};
@@ -23,6 +23,7 @@ pub struct DataService {
     pub cluster: Arc<Cluster>,
     pub limits: Arc<Limits>,
     pub stopping: Stopping,
+    pub peers: Arc<PeerClients>,
 }
 
 impl DataService {
@@ -255,6 +256,7 @@ impl Weir for DataService {
     }
 
     async fn metadata(&self, request: Request<v1::MetadataRequest>) -> Result<Response<v1::MetadataResponse>, Status> {
+        let was_forwarded = request.metadata().contains_key(FORWARDED_KEY);
         let wanted = request.into_inner().topics;
         for name in &wanted {
             validate_topic_name(name).map_err(Status::invalid_argument)?;
@@ -270,7 +272,7 @@ impl Weir for DataService {
         if let Some(missing) = wanted.iter().find(|w| !topics.iter().any(|(name, _)| name == *w)) {
             return Err(Status::not_found(format!("unknown topic '{missing}'")));
         }
-        let topics = topics
+        let mut topics: Vec<v1::TopicMetadata> = topics
             .into_iter()
             .map(|(name, partitions)| v1::TopicMetadata {
                 partitions: partitions
@@ -284,6 +286,9 @@ impl Weir for DataService {
                 name,
             })
             .collect();
+        if !was_forwarded {
+            self.ask_replicas_for_leaders(&mut topics).await;
+        }
         Ok(Response::new(v1::MetadataResponse {
             brokers: super::brokers(&self.cluster),
             topics,
@@ -292,8 +297,58 @@ impl Weir for DataService {
     }
 }
 
+/// How long a metadata request waits for the replicas it asks about leaders.
+const LEADER_QUESTION_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl DataService {
     fn leader_of(&self, topic: &str, partition: u32) -> Option<NodeId> {
         self.cluster.partition(topic, partition).ok()?.group.progress().leader
+    }
+
+    /// Fills in the leaders of partitions that have no replica here (replication factor below
+    /// the node count) by asking, once each and concurrently, the node that is the first
+    /// replica of such partitions; a node that does not answer in time leaves them unknown
+    /// (the client retries).
+    async fn ask_replicas_for_leaders(&self, topics: &mut [v1::TopicMetadata]) {
+        let me = self.cluster.node_id().0;
+        let mut questions: std::collections::BTreeMap<u64, Vec<String>> = std::collections::BTreeMap::new();
+        for topic in topics.iter() {
+            for partition in &topic.partitions {
+                if partition.leader != 0 || partition.replicas.contains(&me) {
+                    continue;
+                }
+                if let Some(first) = partition.replicas.first() {
+                    let asked = questions.entry(*first).or_default();
+                    if !asked.contains(&topic.name) {
+                        asked.push(topic.name.clone());
+                    }
+                }
+            }
+        }
+        let answers = questions.into_iter().filter_map(|(node, names)| {
+            let mut client = self.peers.get(&NodeId(node))?.clone();
+            Some(async move {
+                let request = forwarded(v1::MetadataRequest { topics: names });
+                let answer = tokio::time::timeout(LEADER_QUESTION_TIMEOUT, client.metadata(request)).await;
+                match answer {
+                    Ok(Ok(response)) => Some((node, response.into_inner())),
+                    _ => None,
+                }
+            })
+        });
+        for (node, answer) in futures::future::join_all(answers).await.into_iter().flatten() {
+            for known in answer.topics {
+                let Some(topic) = topics.iter_mut().find(|t| t.name == known.name) else {
+                    continue;
+                };
+                for partition in topic.partitions.iter_mut().filter(|p| p.leader == 0) {
+                    let answered = known.partitions.iter().find(|k| k.partition == partition.partition);
+                    // Only a replica knows; its view counts for the partitions it holds.
+                    if let Some(answered) = answered.filter(|a| a.leader != 0 && partition.replicas.contains(&node)) {
+                        partition.leader = answered.leader;
+                    }
+                }
+            }
+        }
     }
 }

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use weir_proto::v1::{admin_server::AdminServer, raft_server::RaftServer, weir_server::WeirServer};
+use weir_proto::v1::{
+    admin_server::AdminServer, raft_server::RaftServer, weir_client::WeirClient, weir_server::WeirServer,
+};
 
 use crate::cluster::Cluster;
 
@@ -61,6 +63,38 @@ fn brokers(cluster: &Cluster) -> Vec<weir_proto::v1::BrokerInfo> {
         .collect()
 }
 
+/// Metadata key on a request one node forwarded to another (admin mutations to the controller
+/// leader, metadata questions to a partition's replicas): it is never forwarded again, so stale
+/// hints cannot bounce a request around.
+const FORWARDED_KEY: &str = "weir-forwarded";
+
+fn forwarded<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED_KEY, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
+/// Clients of the other nodes' data services, connected on first use.
+pub(crate) type PeerClients = std::collections::HashMap<crate::types::NodeId, WeirClient<tonic::transport::Channel>>;
+
+fn peer_clients(cluster: &Cluster) -> PeerClients {
+    cluster
+        .nodes()
+        .iter()
+        .filter(|(id, _)| **id != cluster.node_id())
+        .filter_map(|(id, address)| {
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}")).ok()?;
+            let channel = endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            Some((*id, WeirClient::new(channel)))
+        })
+        .collect()
+}
+
 /// Tells long-lived handlers (raft streams from peers, fetch streams, long polls) that the
 /// server is stopping, so that a graceful stop does not wait for them forever.
 #[derive(Clone)]
@@ -92,6 +126,7 @@ pub async fn serve(
         cluster: cluster.clone(),
         limits: Arc::new(limits.clone()),
         stopping: stopping.clone(),
+        peers: Arc::new(peer_clients(&cluster)),
     };
     let raft = transport::RaftService {
         node_id: cluster.node_id(),
