@@ -85,6 +85,16 @@ async fn deliver(shared: &Shared, tp: &TopicPartition, batch: &ClosedBatch) -> R
         let retriable = error.is_retriable() || (not_found && from_broker);
         let delay = backoff.next_delay();
         if !retriable || Instant::now() + delay >= deadline {
+            if from_broker && error.is_outcome_unknown() {
+                // The leader may be gone or stuck (timeout, cut connection): the next batch
+                // must not go to it blindly. Refresh in the background; the caller hears now.
+                let cluster = shared.cluster.clone();
+                tokio::spawn(async move {
+                    if let Err(refresh_error) = cluster.refresh(version).await {
+                        tracing::debug!(%refresh_error, "metadata refresh after an unknown outcome failed");
+                    }
+                });
+            }
             return Err(error);
         }
         tracing::debug!(topic = %tp.topic, partition = tp.partition, %error, "retrying produce");
