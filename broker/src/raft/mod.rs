@@ -26,6 +26,8 @@ mod group;
 mod logger;
 mod repair;
 mod scrub;
+#[cfg(test)]
+mod sim;
 mod state_file;
 mod state_snapshot;
 mod storage;
