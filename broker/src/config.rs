@@ -73,6 +73,8 @@ struct FileRaft {
     threads: Option<usize>,
     tick_ms: Option<u64>,
     election_ticks: Option<usize>,
+    /// Upper bound (exclusive) of the randomized election timeout, in ticks.
+    election_ticks_max: Option<usize>,
     heartbeat_ticks: Option<usize>,
     mailbox_messages_max: Option<usize>,
     /// Bytes of sealed segments re-checked per second by the scrub; 0 turns it off.
@@ -186,6 +188,12 @@ impl BrokerConfig {
                     .tick_ms
                     .map_or(raft_defaults.tick_interval, Duration::from_millis),
                 election_ticks: file.raft.election_ticks.unwrap_or(raft_defaults.election_ticks),
+                // A file that sets election_ticks alone gets raft-rs's range for it (up to 2x).
+                election_ticks_max: file.raft.election_ticks_max.or(if file.raft.election_ticks.is_some() {
+                    None
+                } else {
+                    raft_defaults.election_ticks_max
+                }),
                 heartbeat_ticks: file.raft.heartbeat_ticks.unwrap_or(raft_defaults.heartbeat_ticks),
                 mailbox_messages_max: file
                     .raft
@@ -274,6 +282,9 @@ impl BrokerConfig {
         }
         if r.mailbox_messages_max < 16 {
             return Err(invalid("raft.mailbox_messages_max", "must be at least 16"));
+        }
+        if r.election_ticks_max.is_some_and(|max| max <= r.election_ticks) {
+            return Err(invalid("raft.election_ticks_max", "must be above election_ticks"));
         }
         if r.leader_balance_interval < Duration::from_millis(100) {
             return Err(invalid("raft.leader_balance_interval_ms", "must be at least 100"));

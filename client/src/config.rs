@@ -25,6 +25,8 @@ pub struct ClientConfig {
     pub response_bytes_max: usize,
     /// First pause between retries of a retriable error; doubles up to `retry_backoff_max_ms`.
     pub retry_backoff_ms: u64,
+    /// Longest pause between retries: short enough that a client finds a new leader soon
+    /// after its election (a failover takes 1-1.5 s with the broker's default timeouts).
     pub retry_backoff_max_ms: u64,
 }
 
@@ -37,7 +39,7 @@ impl Default for ClientConfig {
             topic_wait_ms: 2_000,
             response_bytes_max: 64 * 1024 * 1024,
             retry_backoff_ms: 50,
-            retry_backoff_max_ms: 1_000,
+            retry_backoff_max_ms: 250,
         }
     }
 }

@@ -213,10 +213,12 @@ impl Default for RaftConfig {
         Self {
             node_id: NodeId(1),
             threads: 2,
-            tick_interval: Duration::from_millis(100),
-            election_ticks: 10,
-            election_ticks_max: None,
-            heartbeat_ticks: 2,
+            // Elections 1.0-1.5 s after the last heartbeat (10 slots of 50 ms, so two followers
+            // rarely time out together), heartbeats every 200 ms: failover under 2 s.
+            tick_interval: Duration::from_millis(50),
+            election_ticks: 20,
+            election_ticks_max: Some(30),
+            heartbeat_ticks: 4,
             mailbox_messages_max: 8192,
             round_messages_max: 4096,
             message_bytes_max: 1 << 20,
