@@ -613,9 +613,10 @@ impl Shard {
                 Err(reason) => group.fail(reason),
             }
         }
-        // A snapshot here is only the leader's log start and travels like any message: report
-        // it sent, or a lost snapshot (or a lost answer to it) would leave the follower in
-        // raft-rs's Snapshot state, where the leader sends it nothing until leadership moves.
+        // A snapshot travels in one message like any other (the log start, and the controller's
+        // state): report it sent, or a lost snapshot (or a lost answer to it) would leave the
+        // follower in raft-rs's Snapshot state, where the leader sends it nothing until
+        // leadership moves. If it was lost, raft-rs's next probe is refused and it sends another.
         for (id, message) in &outbox {
             if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
                 if let Some(group) = self.groups.get_mut(id) {
