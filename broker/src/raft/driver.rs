@@ -26,8 +26,8 @@ use super::repair::Repair;
 use super::scrub::{Notice, Notices, Registry, Scrub, Scrubbed};
 use super::storage::{read_log, write_log, GroupStorage, SharedLog};
 use super::{
-    state_file, state_snapshot, Acks, Committed, GroupSpec, Progress, ProposeError, RaftConfig, RaftError, Role,
-    Transport,
+    state_file, state_snapshot, Acks, Committed, GroupSpec, Progress, ProposeError, RaftConfig, RaftError, Replication,
+    Role, Transport,
 };
 use crate::log::{Corruption, LogError, PartitionLog};
 use crate::types::{GroupId, NodeId, RaftIndex, Term};
@@ -49,6 +49,11 @@ pub(super) enum Command {
     Step {
         group: GroupId,
         message: Message,
+    },
+    /// The leader's view of its followers, for status pages.
+    Inspect {
+        group: GroupId,
+        reply: oneshot::Sender<Option<Replication>>,
     },
     /// Damage found in the group's log (by the scrub or a reader): cut it there and repair the
     /// replica from the leader.
@@ -108,6 +113,14 @@ impl GroupHandle {
 
     pub fn log(&self) -> &SharedLog {
         &self.log
+    }
+
+    /// How far each follower is, when this replica leads (`None` otherwise, or if the group is
+    /// gone or the raft thread too busy to answer).
+    pub async fn replication(&self) -> Option<Replication> {
+        let (reply, receiver) = oneshot::channel();
+        self.mailbox.try_send(Command::Inspect { group: self.id, reply }).ok()?;
+        receiver.await.ok().flatten()
     }
 
     /// Tells the node that a read of this group's log failed its check (`LogError::Corrupt`):
@@ -519,6 +532,9 @@ impl Shard {
                 // still on its way) or has failed: the sender retries.
                 _ => tracing::debug!(%group, from = message.from, "raft message for a group not running here"),
             },
+            Command::Inspect { group, reply } => {
+                let _ = reply.send(self.groups.get(&group).and_then(Group::replication));
+            }
             Command::Repair { group, corruption } => {
                 if let Some(target) = self.groups.get_mut(&group) {
                     target.repair(corruption);
@@ -588,26 +604,41 @@ impl Shard {
                 continue;
             }
             let mut ready = group.node.ready();
-            outbox.extend(ready.take_messages().into_iter().map(|message| (group.id, message)));
+            let mut messages = ready.take_messages();
+            // Entries in messages are views of the mapped log. A ready that overwrites the tail
+            // (a deposed leader taking the new leader's entries) or replaces the log (snapshot)
+            // would change bytes that this round's messages still point at, including those
+            // raft-rs holds back until the ready is persisted: they get their own copies.
+            let stored_last = read_log(group.log()).last_index().0;
+            let rewrites =
+                !ready.snapshot().is_empty() || ready.entries().first().is_some_and(|first| first.index <= stored_last);
+            let mut held_back = Vec::new();
+            if rewrites {
+                held_back = ready.take_persisted_messages();
+                detach_entries(&mut messages);
+                detach_entries(&mut held_back);
+            }
+            outbox.extend(messages.into_iter().map(|message| (group.id, message)));
             match group.persist_ready(&mut ready) {
-                Ok(wrote) => readies.push((group.id, ready, wrote)),
+                Ok(wrote) => readies.push((group.id, ready, wrote, held_back)),
                 Err(reason) => group.fail(reason),
             }
         }
-        for (id, _, wrote) in &readies {
+        for (id, _, wrote, _) in &readies {
             if *wrote {
                 if let Some(group) = self.groups.get_mut(id) {
                     flush_group(group);
                 }
             }
         }
-        for (id, ready, _) in readies {
+        for (id, ready, _, held_back) in readies {
             let Some(group) = self.groups.get_mut(&id) else {
                 continue;
             };
             if group.failure.is_some() {
                 continue;
             }
+            outbox.extend(held_back.into_iter().map(|message| (id, message)));
             match group.advance(ready) {
                 Ok(messages) => outbox.extend(messages.into_iter().map(|message| (id, message))),
                 Err(reason) => group.fail(reason),
@@ -652,6 +683,15 @@ impl Shard {
     fn send(&self, messages: Vec<(GroupId, Message)>) {
         if !messages.is_empty() {
             self.transport.send(messages);
+        }
+    }
+}
+
+/// Gives the entries of `messages` their own copies of the bytes instead of views of the log.
+fn detach_entries(messages: &mut [Message]) {
+    for entry in messages.iter_mut().flat_map(|message| message.entries.iter_mut()) {
+        if !entry.data.is_empty() {
+            entry.data = bytes::Bytes::copy_from_slice(&entry.data);
         }
     }
 }

@@ -1806,7 +1806,8 @@ impl Directed {
     }
 }
 
-/// Reproduces an open hazard in the driver, found while building this simulation. Entries that
+/// Regression test for a hazard in the driver, found while building this simulation (fixed:
+/// a ready that rewrites the log gives its messages' entries their own copies). Entries that
 /// raft-rs reads from the log for a MsgAppend are zero-copy views of the mapped segments, and a
 /// round sends its messages (the transport encodes them) only after it appended and flushed.
 /// When one round of an old leader first answers a follower's rejection (a MsgAppend built from
@@ -1817,7 +1818,6 @@ impl Directed {
 /// bytes happen to form a valid batch of the same length, stores them; such entries are never
 /// committed, but they are not what the old leader wrote).
 #[test]
-#[ignore = "open driver bug: a MsgAppend built from log views is encoded after a truncation in the same round"]
 fn an_old_leader_does_not_send_entries_its_round_truncated() {
     // Node 1 leads first; among nodes 3-5, node 3 times out first.
     let mut cluster = Directed::new([10, 40, 15, 50, 60]);
