@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use tokio::time::Instant;
-use weir_client::{Admin, ClusterStatus};
+use weir_client::{Admin, ClusterStatus, PartitionStatus};
 
 use crate::args::Output;
 use crate::output::{ids, leader, print_json, Table};
@@ -45,7 +45,7 @@ fn render(status: &ClusterStatus) -> String {
         "PARTITION",
         "LEADER",
         "REPLICAS",
-        "LAGGING",
+        "LAGGING (ENTRIES BEHIND)",
         "LOG_START_OFFSET",
         "HIGH_WATERMARK",
     ]);
@@ -55,13 +55,40 @@ fn render(status: &ClusterStatus) -> String {
             partition.partition.to_string(),
             leader(partition.leader),
             ids(&partition.replicas),
-            ids(&partition.lagging_replicas),
+            lagging(partition),
             partition.log_start_offset.to_string(),
             partition.high_watermark.to_string(),
         ]);
     }
     out.push_str(&partitions.render());
+    let under = status.partitions.iter().filter(|p| p.is_under_replicated()).count();
+    let unhealthy: Vec<String> = status
+        .nodes
+        .iter()
+        .filter(|n| n.state != "up")
+        .map(|n| format!("node {} {}", n.node_id, n.state))
+        .collect();
+    out.push_str(&format!("\nunder-replicated partitions: {under}\n"));
+    if !unhealthy.is_empty() {
+        out.push_str(&format!("unhealthy: {}\n", unhealthy.join(", ")));
+    }
     out
+}
+
+/// `3(+120)`: node 3 is 120 entries behind; a lagging node without a count failed or repairs.
+fn lagging(partition: &PartitionStatus) -> String {
+    if partition.lagging_replicas.is_empty() {
+        return "-".to_string();
+    }
+    partition
+        .lagging_replicas
+        .iter()
+        .map(|node| match partition.replica_lag.get(node) {
+            Some(behind) => format!("{node}(+{behind})"),
+            None => node.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn status_json(status: &ClusterStatus) -> serde_json::Value {
@@ -77,6 +104,8 @@ fn status_json(status: &ClusterStatus) -> serde_json::Value {
             "leader": partition.leader,
             "replicas": partition.replicas,
             "lagging_replicas": partition.lagging_replicas,
+            "replica_lag": partition.replica_lag,
+            "under_replicated": partition.is_under_replicated(),
             "log_start_offset": partition.log_start_offset,
             "high_watermark": partition.high_watermark,
         })).collect::<Vec<_>>(),

@@ -179,11 +179,22 @@ pub struct PartitionStatus {
     pub replicas: Vec<u64>,
     pub high_watermark: u64,
     pub log_start_offset: u64,
-    /// Replicas behind the leader's commit.
+    /// Replicas behind the leader's commit, failed or repairing.
     pub lagging_replicas: Vec<u64>,
+    /// Entries each follower is behind the leader's commit (empty when the leader could not
+    /// be asked).
+    pub replica_lag: std::collections::BTreeMap<u64, u64>,
 }
 
-/// The cluster as the answering node sees it.
+impl PartitionStatus {
+    /// Without a leader, or with a replica behind: fewer copies than asked for right now.
+    pub fn is_under_replicated(&self) -> bool {
+        self.leader.is_none() || !self.lagging_replicas.is_empty()
+    }
+}
+
+/// The cluster as the answering node sees it, with each partition's replication state as its
+/// leader reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterStatus {
     pub cluster_id: String,
@@ -215,6 +226,7 @@ impl From<proto::ClusterStatusResponse> for ClusterStatus {
                 high_watermark: partition.high_watermark,
                 log_start_offset: partition.log_start_offset,
                 lagging_replicas: partition.lagging_replicas,
+                replica_lag: partition.replica_lag.into_iter().collect(),
             })
             .collect();
         Self {

@@ -3,6 +3,7 @@
 //! killed and restarted, leadership comes back to it once it has caught up. A node stopped
 //! with SIGTERM hands its leaderships over before it exits, so the others already name new
 //! leaders when it is gone (no election timeout), and it logs no "stopping while still leading".
+//! Cluster status, asked of any node, reports each partition's replication as its leader sees it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -117,5 +118,19 @@ async fn leadership_returns_to_preferred_and_moves_before_sigterm() -> Result<()
     );
     cluster.restart(stopping)?;
     wait_preferred_leaders(&cluster, &preferred).await?;
+
+    // Any node's cluster status carries each leader's view: both followers of every partition
+    // known, none behind once idle, nothing under-replicated.
+    until("a fully replicated cluster status", BALANCE_TIMEOUT, || async {
+        let status = cluster.status_on(2).await?;
+        let complete = status.partitions.iter().filter(|p| p.topic == TOPIC).all(|p| {
+            p.leader == Some(preferred[&p.partition])
+                && p.replica_lag.len() == 2
+                && p.replica_lag.values().all(|behind| *behind == 0)
+                && !p.is_under_replicated()
+        });
+        Ok(complete.then_some(()))
+    })
+    .await?;
     Ok(())
 }

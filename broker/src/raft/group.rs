@@ -9,7 +9,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::repair::Repair;
 use super::storage::{read_log, to_append, write_log, GroupStorage, SharedLog};
-use super::{Acks, Applier, Committed, Progress, ProposeError, Role};
+use super::{Acks, Applier, Committed, Progress, ProposeError, Replication, Role};
 use crate::log::batch::HEADER_LEN;
 use crate::log::{Corruption, LogError};
 use crate::types::{GroupId, NodeId, Offset, RaftIndex, Term};
@@ -329,6 +329,24 @@ impl Group {
             tracing::info!(group = %self.id, %committed, "repair finished: the replica votes again");
         }
         Ok(())
+    }
+
+    /// How far the followers are, if this replica leads.
+    pub fn replication(&self) -> Option<Replication> {
+        if !self.is_leader() || self.failure.is_some() {
+            return None;
+        }
+        let raft = &self.node.raft;
+        let followers = raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != raft.id)
+            .map(|(id, progress)| (NodeId(*id), RaftIndex(progress.matched)))
+            .collect();
+        Some(Replication {
+            commit_index: self.visible_index,
+            followers,
+        })
     }
 
     fn is_leader(&self) -> bool {

@@ -125,6 +125,15 @@ pub struct Progress {
     pub repairing: bool,
 }
 
+/// A leader's view of how far its followers have replicated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replication {
+    /// Index of the high watermark's entry on the leader.
+    pub commit_index: RaftIndex,
+    /// Every other voter and the last entry it is known to hold.
+    pub followers: Vec<(NodeId, RaftIndex)>,
+}
+
 /// Carries raft messages to other nodes. The raft threads call `send` once per round with every
 /// message the round produced (each message names its destination node in `to`); delivery is
 /// best effort: raft retransmits what is lost. Implemented by the server layer (gRPC streams).

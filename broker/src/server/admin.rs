@@ -19,6 +19,7 @@ pub struct AdminService {
     /// Tells which peers were heard from recently (node health in cluster status).
     pub transport: Arc<super::PeerTransport>,
     pub partitions_per_topic_max: u32,
+    pub peers: Arc<super::PeerChannels>,
 }
 
 /// Proto config -> domain config, validated.
@@ -258,10 +259,54 @@ impl Admin for AdminService {
         Ok(Response::new(v1::DeleteTopicResponse {}))
     }
 
+    /// The cluster as every node sees it: this node's view, with each partition's replication
+    /// state taken from its leader (asked with a forwarded request, 1 s at most) and nodes that
+    /// are connected but do not answer marked "no answer".
     async fn cluster_status(
         &self,
-        _request: Request<v1::ClusterStatusRequest>,
+        request: Request<v1::ClusterStatusRequest>,
     ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        let was_forwarded = request.metadata().contains_key(FORWARDED_KEY);
+        let mut status = self.local_status().await;
+        if !was_forwarded {
+            self.merge_leader_views(&mut status).await;
+        }
+        Ok(Response::new(status))
+    }
+}
+
+impl AdminService {
+    async fn merge_leader_views(&self, status: &mut v1::ClusterStatusResponse) {
+        let questions = self.peers.iter().map(|(node, channel)| {
+            let mut client = v1::admin_client::AdminClient::new(channel.clone());
+            async move {
+                let request = forwarded(v1::ClusterStatusRequest {});
+                let answer = tokio::time::timeout(super::PEER_QUESTION_TIMEOUT, client.cluster_status(request)).await;
+                (*node, answer.ok().and_then(Result::ok).map(Response::into_inner))
+            }
+        });
+        for (node, answer) in futures::future::join_all(questions).await {
+            let Some(answer) = answer else {
+                if let Some(entry) = status.nodes.iter_mut().find(|n| n.node_id == node.0 && n.state == "up") {
+                    entry.state = "no answer".to_string();
+                }
+                continue;
+            };
+            for remote in answer.partitions.into_iter().filter(|p| p.leader == node.0) {
+                let local = status
+                    .partitions
+                    .iter_mut()
+                    .find(|p| p.topic == remote.topic && p.partition == remote.partition);
+                if let Some(local) = local {
+                    *local = remote;
+                }
+            }
+        }
+    }
+
+    /// This node's view: leaders and high watermarks of its replicas, and for the partitions it
+    /// leads, how far each follower is.
+    async fn local_status(&self) -> v1::ClusterStatusResponse {
         let me = self.cluster.node_id();
         let nodes = self
             .cluster
@@ -296,18 +341,27 @@ impl Admin for AdminService {
                     status.leader = progress.leader.map_or(0, |l| l.0);
                     status.high_watermark = progress.high_watermark.0;
                     status.log_start_offset = progress.log_start.0;
-                    if progress.failure.is_some() {
+                    if progress.failure.is_some() || progress.repairing {
                         status.lagging_replicas.push(me.0);
+                    }
+                    if let Some(replication) = replica.group.replication().await {
+                        for (node, matched) in replication.followers {
+                            let behind = replication.commit_index.0.saturating_sub(matched.0);
+                            status.replica_lag.insert(node.0, behind);
+                            if behind > 0 {
+                                status.lagging_replicas.push(node.0);
+                            }
+                        }
                     }
                 }
                 partitions.push(status);
             }
         }
-        Ok(Response::new(v1::ClusterStatusResponse {
+        v1::ClusterStatusResponse {
             cluster_id: self.cluster.cluster_id().to_string(),
             node_id: me.0,
             nodes,
             partitions,
-        }))
+        }
     }
 }

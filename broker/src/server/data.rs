@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use weir_proto::v1::{self, list_offsets_request::Spec, weir_server::Weir};
 
 use super::status::{from_cluster, from_log, from_propose, not_leader, out_of_range};
-use super::{forwarded, Limits, PeerClients, Stopping, FORWARDED_KEY};
+use super::{forwarded, Limits, PeerChannels, Stopping, FORWARDED_KEY, PEER_QUESTION_TIMEOUT};
 use crate::cluster::{validate_topic_name, Cluster, PartitionReplica};
 use crate::log::batch::{self, BatchKind};
 use crate::raft::{read_log, Acks, Role};
@@ -23,7 +23,7 @@ pub struct DataService {
     pub cluster: Arc<Cluster>,
     pub limits: Arc<Limits>,
     pub stopping: Stopping,
-    pub peers: Arc<PeerClients>,
+    pub peers: Arc<PeerChannels>,
 }
 
 impl DataService {
@@ -297,9 +297,6 @@ impl Weir for DataService {
     }
 }
 
-/// How long a metadata request waits for the replicas it asks about leaders.
-const LEADER_QUESTION_TIMEOUT: Duration = Duration::from_secs(1);
-
 impl DataService {
     fn leader_of(&self, topic: &str, partition: u32) -> Option<NodeId> {
         self.cluster.partition(topic, partition).ok()?.group.progress().leader
@@ -326,10 +323,10 @@ impl DataService {
             }
         }
         let answers = questions.into_iter().filter_map(|(node, names)| {
-            let mut client = self.peers.get(&NodeId(node))?.clone();
+            let mut client = v1::weir_client::WeirClient::new(self.peers.get(&NodeId(node))?.clone());
             Some(async move {
                 let request = forwarded(v1::MetadataRequest { topics: names });
-                let answer = tokio::time::timeout(LEADER_QUESTION_TIMEOUT, client.metadata(request)).await;
+                let answer = tokio::time::timeout(PEER_QUESTION_TIMEOUT, client.metadata(request)).await;
                 match answer {
                     Ok(Ok(response)) => Some((node, response.into_inner())),
                     _ => None,

@@ -18,9 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use weir_proto::v1::{
-    admin_server::AdminServer, raft_server::RaftServer, weir_client::WeirClient, weir_server::WeirServer,
-};
+use weir_proto::v1::{admin_server::AdminServer, raft_server::RaftServer, weir_server::WeirServer};
 
 use crate::cluster::Cluster;
 
@@ -76,10 +74,13 @@ fn forwarded<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-/// Clients of the other nodes' data services, connected on first use.
-pub(crate) type PeerClients = std::collections::HashMap<crate::types::NodeId, WeirClient<tonic::transport::Channel>>;
+/// Channels to the other nodes' client-facing services (data and admin), connected on first use.
+pub(crate) type PeerChannels = std::collections::HashMap<crate::types::NodeId, tonic::transport::Channel>;
 
-fn peer_clients(cluster: &Cluster) -> PeerClients {
+/// How long a node waits for another to answer a forwarded question (leaders, status).
+const PEER_QUESTION_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn peer_channels(cluster: &Cluster) -> PeerChannels {
     cluster
         .nodes()
         .iter()
@@ -90,7 +91,7 @@ fn peer_clients(cluster: &Cluster) -> PeerClients {
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
                 .connect_lazy();
-            Some((*id, WeirClient::new(channel)))
+            Some((*id, channel))
         })
         .collect()
 }
@@ -116,6 +117,7 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let peers = Arc::new(peer_channels(&cluster));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let stopping = Stopping(stopping);
     let shutdown = async move {
@@ -126,7 +128,7 @@ pub async fn serve(
         cluster: cluster.clone(),
         limits: Arc::new(limits.clone()),
         stopping: stopping.clone(),
-        peers: Arc::new(peer_clients(&cluster)),
+        peers: peers.clone(),
     };
     let raft = transport::RaftService {
         node_id: cluster.node_id(),
@@ -138,6 +140,7 @@ pub async fn serve(
         cluster,
         transport,
         partitions_per_topic_max: limits.partitions_per_topic_max,
+        peers,
     };
     let incoming = connections::limited(listener, limits.connections_max);
     tonic::transport::Server::builder()
