@@ -337,7 +337,7 @@ pub(super) fn open_group(
     }
     let initial = initial_progress(&log);
     let (progress_sender, progress) = watch::channel(initial);
-    let group = Group::new(
+    let mut group = Group::new(
         spec.id,
         node,
         progress_sender,
@@ -346,6 +346,8 @@ pub(super) fn open_group(
         (raft_config, logger),
         repair,
     );
+    // What the stored log and hard state say, not a placeholder, until the first round.
+    group.publish_as_opened();
     Ok((
         group,
         GroupHandle {

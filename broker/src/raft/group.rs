@@ -98,6 +98,14 @@ impl Group {
         self.node.store().dir()
     }
 
+    /// Publishes the progress of a replica just opened: the high watermark of what it stored
+    /// and knew committed, the term of its hard state.
+    pub fn publish_as_opened(&mut self) {
+        if let Ok(progress) = self.current_progress() {
+            self.progress.send_replace(progress);
+        }
+    }
+
     /// Age-based roll, retention and compaction (up to the state snapshot); both only ever
     /// delete entries at or below the high watermark's, whose proposals are answered.
     pub fn housekeeping(&mut self, now_ms: i64) -> Result<(), String> {
