@@ -221,6 +221,24 @@ impl ClusterState {
     }
 }
 
+impl ClusterState {
+    /// `nodes` in the order a new topic should be placed on: rotated to start at the node that
+    /// is the first replica (the preferred leader) of the fewest partitions, so that leaders
+    /// stay spread across topics and not only within one. Chosen by the proposer and carried in
+    /// the command, so applying it never depends on the code's placement policy.
+    pub fn placement_order(&self, nodes: &[NodeId]) -> Vec<NodeId> {
+        let led = |node: &NodeId| {
+            self.topics
+                .values()
+                .flat_map(|topic| &topic.partitions)
+                .filter(|p| p.replicas.first() == Some(node))
+                .count()
+        };
+        let start = (0..nodes.len()).min_by_key(|at| (led(&nodes[*at]), *at)).unwrap_or(0);
+        nodes[start..].iter().chain(&nodes[..start]).copied().collect()
+    }
+}
+
 /// Replicas of a partition: `count` consecutive nodes starting at the partition number, so
 /// replicas and (first-replica) leaders spread evenly.
 fn place(nodes: &[NodeId], partition: usize, count: usize) -> Vec<NodeId> {
@@ -318,6 +336,33 @@ mod tests {
         let mut data = ClusterState::default().to_snapshot();
         data.truncate(data.len() - 1);
         assert!(ClusterState::from_snapshot(&data).is_err());
+    }
+
+    #[test]
+    fn placement_order_starts_where_fewest_partitions_lead() {
+        let nodes = [NodeId(1), NodeId(2), NodeId(3)];
+        let mut state = ClusterState::default();
+        let mut leaders = std::collections::BTreeMap::new();
+        for (at, partitions) in [1u32, 1, 1, 2, 1, 4].into_iter().enumerate() {
+            let name = format!("t{at}");
+            state.apply(
+                RaftIndex(at as u64 + 1),
+                Command::CreateTopic {
+                    name: name.clone(),
+                    partitions,
+                    replication_factor: 3,
+                    config: TopicConfig::default(),
+                    nodes: state.placement_order(&nodes),
+                },
+            );
+            for p in &state.topics[&name].partitions {
+                *leaders.entry(p.replicas[0]).or_insert(0) += 1;
+            }
+        }
+        // Ten partitions over three nodes: 4, 3, 3 in some order, never all on node 1.
+        let mut counts: Vec<u32> = leaders.values().copied().collect();
+        counts.sort_unstable();
+        assert_eq!(counts, vec![3, 3, 4], "{leaders:?}");
     }
 
     #[test]

@@ -167,7 +167,7 @@ impl Admin for AdminService {
             partitions: request.partitions,
             replication_factor,
             config,
-            nodes,
+            nodes: self.cluster.with_state(|state| state.placement_order(&nodes)),
         };
         if let Err(error) = self.cluster.propose(command).await {
             return match self.controller_leader(was_forwarded, &error).await {
