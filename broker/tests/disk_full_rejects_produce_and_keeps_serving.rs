@@ -178,6 +178,7 @@ async fn fetch_all(client: &mut WeirClient<tonic::transport::Channel>, topic: &s
                 offset: next,
                 max_bytes: 1 << 20,
                 max_wait_ms: 0,
+                ..Default::default()
             })
             .await
             .unwrap()

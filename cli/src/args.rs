@@ -135,6 +135,10 @@ pub struct ConsumeArgs {
     /// partition as it was when reading began).
     #[arg(long)]
     pub follow: bool,
+    /// Read from this node when it holds a replica, even a follower (committed records only,
+    /// possibly a little behind the leader); otherwise from the leader.
+    #[arg(long, value_name = "NODE_ID")]
+    pub from_replica: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

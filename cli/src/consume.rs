@@ -28,7 +28,11 @@ pub async fn run(client: &Client, output: Output, args: ConsumeArgs) -> Result<(
     let from = parse_from(&args.from)?;
     let template = Template::parse(&args.format)?;
     let topic = args.topic.as_str();
-    let mut consumer = client.consumer(ConsumerConfig::default());
+    let mut config = ConsumerConfig::default();
+    if let Some(node) = args.from_replica {
+        config = config.read_from_replica(node);
+    }
+    let mut consumer = client.consumer(config);
     let partitions = match args.partition {
         Some(partition) => {
             consumer.assign(topic, &[partition]).await?;

@@ -256,6 +256,21 @@ impl Cluster {
             .ok_or_else(|| Error::Unavailable(format!("address of node {leader} is not known yet")))
     }
 
+    /// The address of `node` if the cache says it holds a replica of the partition.
+    pub(crate) async fn replica_address(&self, topic: &str, partition: u32, node: u64) -> Option<String> {
+        let holds = self
+            .with_topic(topic, |metadata| {
+                metadata
+                    .partitions
+                    .iter()
+                    .any(|p| p.partition == partition && p.replicas.contains(&node))
+            })
+            .await
+            .ok()?;
+        let cache = self.metadata.read().unwrap_or_else(PoisonError::into_inner);
+        holds.then(|| cache.brokers.get(&node).cloned()).flatten()
+    }
+
     /// Brings the cache up to date after `error` from a request about a partition, which was
     /// sent with the cache at `seen_version`. A leader hint is applied directly; anything else
     /// that suggests stale metadata triggers a refresh. Refresh failures are left for the

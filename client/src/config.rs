@@ -272,6 +272,11 @@ pub struct ConsumerConfig {
     /// How long a fetch keeps retrying retriable errors (no leader, leader moved, broker down)
     /// before `poll` reports the error.
     pub retry_timeout_ms: u64,
+    /// Read from this node when it holds a replica of the partition, even as a follower ("read
+    /// from the nearest replica": the node on the consumer's host or zone). A follower serves
+    /// committed records only, possibly a little behind the leader; when it cannot serve, the
+    /// fetch goes to the leader. `None`: always the leader.
+    pub preferred_replica: Option<u64>,
 }
 
 impl Default for ConsumerConfig {
@@ -281,6 +286,7 @@ impl Default for ConsumerConfig {
             fetch_bytes_max: 1024 * 1024,
             start: SeekTo::End,
             retry_timeout_ms: 30_000,
+            preferred_replica: None,
         }
     }
 }
@@ -303,6 +309,12 @@ impl ConsumerConfig {
 
     pub fn retry_timeout_ms(mut self, timeout_ms: u64) -> Self {
         self.retry_timeout_ms = timeout_ms;
+        self
+    }
+
+    /// See [`ConsumerConfig::preferred_replica`].
+    pub fn read_from_replica(mut self, node_id: u64) -> Self {
+        self.preferred_replica = Some(node_id);
         self
     }
 }

@@ -84,6 +84,7 @@ async fn round_trips(mut data: WeirClient<Channel>, partition: u32) -> Result<Ve
                 offset: round,
                 max_bytes: 0,
                 max_wait_ms: 0,
+                ..Default::default()
             })
             .await;
         let found = match &fetched {

@@ -424,6 +424,7 @@ async fn fetch(
         offset,
         max_bytes: 0,
         max_wait_ms,
+        ..Default::default()
     };
     bounded(data.fetch(request)).await
 }

@@ -156,6 +156,7 @@ fn request(topic: &str, offset: u64, max_wait: Duration) -> proto::FetchRequest 
         offset,
         max_bytes: 0,
         max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
+        ..Default::default()
     }
 }
 

@@ -37,14 +37,20 @@ impl DataService {
     }
 
     /// Only the leader serves: followers answer with where the leader is.
-    fn leader_check(&self, replica: &PartitionReplica) -> Result<(), Status> {
-        let progress = replica.group.progress();
-        if let Some(reason) = progress.failure {
-            return Err(Status::unavailable(format!(
+    /// The replica may serve: it has not failed.
+    fn serving_check(&self, replica: &PartitionReplica) -> Result<(), Status> {
+        match replica.group.progress().failure {
+            Some(reason) => Err(Status::unavailable(format!(
                 "partition {}/{} is out of service on this node: {reason}",
                 replica.topic, replica.partition
-            )));
+            ))),
+            None => Ok(()),
         }
+    }
+
+    fn leader_check(&self, replica: &PartitionReplica) -> Result<(), Status> {
+        self.serving_check(replica)?;
+        let progress = replica.group.progress();
         if progress.role != Role::Leader {
             let Some(leader) = progress.leader.filter(|l| *l != self.cluster.node_id()) else {
                 return Err(Status::unavailable(format!(
@@ -57,20 +63,29 @@ impl DataService {
         Ok(())
     }
 
-    /// Reads committed batches at `offset`, waiting up to `wait` for some to arrive.
+    /// Reads committed batches at `offset`, waiting up to `wait` for some to arrive; from the
+    /// leader, or with `from_replica` from whichever replica this node holds (see
+    /// `FetchRequest.from_replica`).
     async fn fetch_once(
         &self,
         replica: &PartitionReplica,
         offset: u64,
         max_bytes: usize,
         wait: Duration,
+        from_replica: bool,
     ) -> Result<v1::FetchResponse, Status> {
         let mut progress = replica.group.watch();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            self.leader_check(replica)?;
+            if from_replica {
+                self.serving_check(replica)?;
+            } else {
+                self.leader_check(replica)?;
+            }
             let current = progress.borrow_and_update().clone();
-            if offset < current.log_start.0 || offset > current.high_watermark.0 {
+            // A follower may not have seen the commit of what the leader already served.
+            let behind = from_replica && current.role != Role::Leader && offset > current.high_watermark.0;
+            if offset < current.log_start.0 || (offset > current.high_watermark.0 && !behind) {
                 return Err(out_of_range(offset, current.log_start, current.high_watermark));
             }
             if offset < current.high_watermark.0 {
@@ -186,7 +201,7 @@ impl Weir for DataService {
         let request = request.into_inner();
         let replica = self.replica(&request.topic, request.partition)?;
         let (max_bytes, wait) = self.fetch_params(&request);
-        self.fetch_once(&replica, request.offset, max_bytes, wait)
+        self.fetch_once(&replica, request.offset, max_bytes, wait, request.from_replica)
             .await
             .map(Response::new)
     }
@@ -199,7 +214,11 @@ impl Weir for DataService {
     ) -> Result<Response<Self::FetchStreamStream>, Status> {
         let request = request.into_inner();
         let replica = self.replica(&request.topic, request.partition)?;
-        self.leader_check(&replica)?;
+        if request.from_replica {
+            self.serving_check(&replica)?;
+        } else {
+            self.leader_check(&replica)?;
+        }
         let (max_bytes, _) = self.fetch_params(&request);
         // A bounded channel: a client that stops reading stops the reads, nothing piles up.
         let (sender, receiver) = mpsc::channel(self.limits.stream_buffer_responses);
@@ -210,7 +229,7 @@ impl Weir for DataService {
             loop {
                 // A client that goes away ends the task at once, not after the next long poll.
                 let result = tokio::select! {
-                    result = service.fetch_once(&replica, offset, max_bytes, poll) => result,
+                    result = service.fetch_once(&replica, offset, max_bytes, poll, request.from_replica) => result,
                     _ = sender.closed() => return,
                     _ = service.stopping.clone().wait() => Err(Status::unavailable("the broker is shutting down")),
                 };

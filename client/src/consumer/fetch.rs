@@ -4,8 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tonic::transport::Channel;
 use weir_proto::batch::BatchReader;
 use weir_proto::v1 as proto;
+use weir_proto::v1::weir_client::WeirClient;
 
 use crate::cluster::Cluster;
 use crate::config::{ConsumerConfig, SeekTo};
@@ -125,27 +127,45 @@ async fn fetch_records(
     };
     // The broker may hold the request for max_wait_ms before it answers.
     let timeout = cluster.config().request_timeout() + Duration::from_millis(u64::from(config.max_wait_ms));
-    let response = cluster
-        .with_leader(topic, partition, retry_timeout, |mut client| {
-            let request = cluster.request(
-                proto::FetchRequest {
-                    topic: topic.to_owned(),
-                    partition,
-                    offset,
-                    max_bytes: config.fetch_bytes_max,
-                    max_wait_ms: config.max_wait_ms,
-                },
-                timeout,
-            );
-            async move {
-                client
-                    .fetch(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(|status| Error::from_status(status, &Context::offset(topic, partition, offset)))
+    let fetch = |mut client: WeirClient<Channel>, from_replica: bool| {
+        let request = cluster.request(
+            proto::FetchRequest {
+                topic: topic.to_owned(),
+                partition,
+                offset,
+                max_bytes: config.fetch_bytes_max,
+                max_wait_ms: config.max_wait_ms,
+                from_replica,
+            },
+            timeout,
+        );
+        async move {
+            client
+                .fetch(request)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|status| Error::from_status(status, &Context::offset(topic, partition, offset)))
+        }
+    };
+    let mut from_replica = None;
+    if let Some(node) = config.preferred_replica {
+        if let Some(address) = cluster.replica_address(topic, partition, node).await {
+            match fetch(cluster.weir(&address)?, true).await {
+                Ok(response) => from_replica = Some(response),
+                Err(error) => {
+                    tracing::debug!(topic, partition, node, %error, "preferred replica cannot serve; fetching from the leader")
+                }
             }
-        })
-        .await?;
+        }
+    }
+    let response = match from_replica {
+        Some(response) => response,
+        None => {
+            cluster
+                .with_leader(topic, partition, retry_timeout, |client| fetch(client, false))
+                .await?
+        }
+    };
     let had_batches = !response.batches.is_empty();
     let records = decode_records(topic, partition, response.batches, offset)?;
     let mut next_offset = offset;
