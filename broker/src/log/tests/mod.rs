@@ -6,6 +6,7 @@ mod concurrency;
 mod disk_full;
 mod golden;
 mod model;
+mod open_time;
 mod recovery;
 mod retention;
 
