@@ -20,6 +20,9 @@ use crate::types::{GroupId, RaftIndex};
 
 /// How often the scrub runs; each run checks a tenth of the per-second budget.
 const PERIOD: Duration = Duration::from_millis(100);
+/// The pause after a run that found nothing to check (no sealed segments anywhere): idle nodes
+/// should not walk every group ten times a second.
+const IDLE_PERIOD: Duration = Duration::from_secs(5);
 /// Most bytes checked under one read lock.
 const SLICE_BYTES: u64 = 1 << 20;
 
@@ -72,10 +75,12 @@ impl Scrub {
                 Ok(Notice::Suspect(group, path)) => self.check_file(group, path),
                 Ok(Notice::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {
-                    next = Instant::now() + PERIOD;
-                    if self.bytes_per_sec > 0 {
-                        self.scrub_some(self.bytes_per_sec / 10);
-                    }
+                    let checked = if self.bytes_per_sec > 0 {
+                        self.scrub_some(self.bytes_per_sec / 10)
+                    } else {
+                        0
+                    };
+                    next = Instant::now() + if checked > 0 { PERIOD } else { IDLE_PERIOD };
                 }
             }
         }
@@ -111,21 +116,22 @@ impl Scrub {
     }
 
     /// Checks about `budget` bytes, moving from group to group; each group is visited at most
-    /// once per call.
-    fn scrub_some(&mut self, mut budget: u64) {
+    /// once per call. Returns the bytes checked.
+    fn scrub_some(&mut self, budget: u64) -> u64 {
+        let mut left = budget;
         let groups = self.registry.lock().unwrap_or_else(|p| p.into_inner()).len();
         let mut visited = 0;
         let mut working = self.current.and_then(|id| self.group(id).map(|g| (id, g)));
-        while budget > 0 && visited <= groups {
+        while left > 0 && visited <= groups {
             let Some((id, scrubbed)) = working.take().or_else(|| self.next_group(self.current)) else {
-                return;
+                break;
             };
             self.current = Some(id);
             let cursor = self.cursors.entry(id).or_default();
-            let step = read_log(&scrubbed.log).scrub(cursor, budget.min(SLICE_BYTES));
+            let step = read_log(&scrubbed.log).scrub(cursor, left.min(SLICE_BYTES));
             match step {
                 Ok(step) => {
-                    budget = budget.saturating_sub(step.checked_bytes);
+                    left = left.saturating_sub(step.checked_bytes);
                     if step.wrapped {
                         visited += 1;
                     } else {
@@ -143,6 +149,7 @@ impl Scrub {
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         self.cursors.retain(|id, _| registry.contains_key(id));
         self.reported.retain(|id, _| registry.contains_key(id));
+        budget - left
     }
 
     fn report(&mut self, group: GroupId, scrubbed: &Scrubbed, corruption: Corruption) {
