@@ -283,6 +283,20 @@ impl Cluster {
         Ok(agreed.then_some(leader))
     }
 
+    /// Creates `topic` with a replica of every partition on every node, and waits until each
+    /// partition has a leader.
+    pub async fn create_fully_replicated(&self, topic: &str, partitions: u32) -> Result<()> {
+        let nodes = u32::try_from(self.nodes.len()).context("node count")?;
+        self.client()?
+            .admin()
+            .create_topic(topic, partitions, nodes, weir_client::TopicConfig::default())
+            .await?;
+        for partition in 0..partitions {
+            self.wait_leader(topic, partition, Duration::from_secs(30)).await?;
+        }
+        Ok(())
+    }
+
     /// Waits up to `timeout` for [`Cluster::leader_of`] to name a leader.
     pub async fn wait_leader(&self, topic: &str, partition: u32, timeout: Duration) -> Result<u64> {
         until(&format!("a leader for {topic}/{partition}"), timeout, || {

@@ -50,3 +50,15 @@ pub mod wait;
 
 pub use broker::BrokerProcess;
 pub use cli::{weir, CliOutput};
+
+/// A count from environment variable `name` (a test's round count, say), or `default` when it is
+/// not set; a value that is not a count is an error naming the variable.
+pub fn count_from_env(name: &str, default: usize) -> anyhow::Result<usize> {
+    use anyhow::Context as _;
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .with_context(|| format!("{name}={value:?} is not a count")),
+        Err(_) => Ok(default),
+    }
+}

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use weir_client::TopicConfig;
 use weir_tests::cluster::Cluster;
 use weir_tests::history::History;
 use weir_tests::load::{outcomes, summary, Load};
@@ -43,29 +42,13 @@ const STEADY_LOAD: Duration = Duration::from_secs(2);
 /// Bound on one wait inside a round (produce resuming, nodes catching up).
 const ROUND_WAIT: Duration = Duration::from_secs(60);
 
-fn rounds() -> Result<usize> {
-    match std::env::var("WEIR_TESTS_ALL_KILLS") {
-        Ok(value) => value
-            .parse()
-            .with_context(|| format!("WEIR_TESTS_ALL_KILLS={value:?} is not a count")),
-        Err(_) => Ok(DEFAULT_ROUNDS),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_nodes_killed_at_once_lose_no_acked_record() -> Result<()> {
-    let rounds = rounds()?;
+    let rounds = weir_tests::count_from_env("WEIR_TESTS_ALL_KILLS", DEFAULT_ROUNDS)?;
     let test_start = Instant::now();
     let dir = tempfile::tempdir()?;
     let mut cluster = Cluster::start(dir.path(), NODES)?;
-    cluster
-        .client()?
-        .admin()
-        .create_topic(TOPIC, PARTITIONS, NODES as u32, TopicConfig::default())
-        .await?;
-    for partition in 0..PARTITIONS {
-        cluster.wait_leader(TOPIC, partition, Duration::from_secs(30)).await?;
-    }
+    cluster.create_fully_replicated(TOPIC, PARTITIONS).await?;
 
     let history = Arc::new(History::new());
     let client = cluster.client_config(REQUEST_TIMEOUT, CONNECT_TIMEOUT)?;

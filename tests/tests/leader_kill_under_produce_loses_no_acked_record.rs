@@ -32,15 +32,6 @@ const DEFAULT_KILLS: usize = 20;
 /// starves the brokers of the 2 cores.
 const SEND_PAUSE: Duration = Duration::from_millis(2);
 
-fn kills() -> Result<usize> {
-    match std::env::var("WEIR_TESTS_LEADER_KILLS") {
-        Ok(value) => value
-            .parse()
-            .with_context(|| format!("WEIR_TESTS_LEADER_KILLS={value:?} is not a count")),
-        Err(_) => Ok(DEFAULT_KILLS),
-    }
-}
-
 /// One producer: a sequential writer per partition (one write in flight per partition, so
 /// its acked offsets on a partition must increase), until `stop`.
 async fn produce(client: Client, producer: u32, history: Arc<History>, stop: Arc<AtomicBool>) -> Result<()> {
@@ -93,7 +84,7 @@ fn summary(label: &str, values: &mut [Duration]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_under_produce_loses_no_acked_record() -> Result<()> {
-    let kills = kills()?;
+    let kills = weir_tests::count_from_env("WEIR_TESTS_LEADER_KILLS", DEFAULT_KILLS)?;
     let test_start = Instant::now();
     let dir = tempfile::tempdir()?;
     let mut cluster = Cluster::start(dir.path(), NODES)?;

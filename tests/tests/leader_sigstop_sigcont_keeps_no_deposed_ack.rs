@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
-use weir_client::{ClientConfig, TopicConfig};
+use weir_client::ClientConfig;
 use weir_tests::cluster::Cluster;
 use weir_tests::history::{History, Outcome};
 use weir_tests::load::{outcomes, summary, Load};
@@ -54,29 +54,13 @@ const ROUND_WAIT: Duration = Duration::from_secs(60);
 /// Producer id of the patient producer, whose requests wait out the pause.
 const PATIENT_PRODUCER: u32 = 2;
 
-fn rounds() -> Result<usize> {
-    match std::env::var("WEIR_TESTS_SIGSTOP_ROUNDS") {
-        Ok(value) => value
-            .parse()
-            .with_context(|| format!("WEIR_TESTS_SIGSTOP_ROUNDS={value:?} is not a count")),
-        Err(_) => Ok(DEFAULT_ROUNDS),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_sigstop_sigcont_keeps_no_deposed_ack() -> Result<()> {
-    let rounds = rounds()?;
+    let rounds = weir_tests::count_from_env("WEIR_TESTS_SIGSTOP_ROUNDS", DEFAULT_ROUNDS)?;
     let test_start = Instant::now();
     let dir = tempfile::tempdir()?;
     let mut cluster = Cluster::start(dir.path(), NODES)?;
-    cluster
-        .client()?
-        .admin()
-        .create_topic(TOPIC, PARTITIONS, NODES as u32, TopicConfig::default())
-        .await?;
-    for partition in 0..PARTITIONS {
-        cluster.wait_leader(TOPIC, partition, Duration::from_secs(30)).await?;
-    }
+    cluster.create_fully_replicated(TOPIC, PARTITIONS).await?;
 
     let history = Arc::new(History::new());
     let client = cluster.client_config(REQUEST_TIMEOUT, CONNECT_TIMEOUT)?;

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use weir_client::{ClientConfig, ProducerConfig, TopicConfig};
+use weir_client::{ClientConfig, ProducerConfig};
 use weir_tests::cluster::{Cluster, NodeSpec};
 use weir_tests::history::{History, Outcome};
 use weir_tests::load::{outcomes, summary, Load, Writer};
@@ -67,15 +67,6 @@ const MINORITY_PRODUCER: u32 = 100;
 /// Bound on one wait inside a round.
 const ROUND_WAIT: Duration = Duration::from_secs(60);
 
-fn rounds() -> Result<usize> {
-    match std::env::var("WEIR_TESTS_PARTITION_ROUNDS") {
-        Ok(value) => value
-            .parse()
-            .with_context(|| format!("WEIR_TESTS_PARTITION_ROUNDS={value:?} is not a count")),
-        Err(_) => Ok(DEFAULT_ROUNDS),
-    }
-}
-
 fn skip(reason: &str) {
     // Both streams: whichever the runner shows, the skip is not silent.
     println!("skipped: {reason}");
@@ -84,7 +75,7 @@ fn skip(reason: &str) {
 
 #[test]
 fn network_partition_minority_acks_nothing() -> Result<()> {
-    let rounds = rounds()?;
+    let rounds = weir_tests::count_from_env("WEIR_TESTS_PARTITION_ROUNDS", DEFAULT_ROUNDS)?;
     let tools = match netns::tools() {
         Ok(tools) => tools,
         Err(reason) => {
@@ -143,14 +134,7 @@ async fn run(lab: &mut NetLab, rounds: usize) -> Result<()> {
         })
         .collect();
     let cluster = Cluster::start_nodes(dir.path(), &specs)?;
-    cluster
-        .client()?
-        .admin()
-        .create_topic(TOPIC, PARTITIONS, NODES as u32, TopicConfig::default())
-        .await?;
-    for partition in 0..PARTITIONS {
-        cluster.wait_leader(TOPIC, partition, Duration::from_secs(30)).await?;
-    }
+    cluster.create_fully_replicated(TOPIC, PARTITIONS).await?;
 
     let history = Arc::new(History::new());
     let client = cluster.client_config(REQUEST_TIMEOUT, CONNECT_TIMEOUT)?;
