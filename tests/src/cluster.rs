@@ -50,6 +50,15 @@ impl Cluster {
 
     /// Like [`Cluster::start`], every node with `extra_args` (e.g. `--config FILE`) too.
     pub fn start_with_args(dir: &Path, nodes: usize, extra_args: &[String]) -> Result<Self> {
+        Self::start_with_node_args(dir, nodes, |_, _| extra_args.to_vec())
+    }
+
+    /// Like [`Cluster::start`], node `id` (listening on `port`) with `extra_args(id, port)` too.
+    pub fn start_with_node_args(
+        dir: &Path,
+        nodes: usize,
+        extra_args: impl Fn(u64, u16) -> Vec<String>,
+    ) -> Result<Self> {
         let ports = free_ports(nodes)?;
         let peers: Vec<String> = ports
             .iter()
@@ -69,7 +78,7 @@ impl Cluster {
                     "--peers".into(),
                     peers.clone(),
                 ];
-                args.extend(extra_args.iter().cloned());
+                args.extend(extra_args(i as u64 + 1, *port));
                 std::thread::spawn(move || BrokerProcess::start_listening(data, &listen, args))
             })
             .collect();

@@ -123,6 +123,9 @@ pub struct Cluster {
     by_name: RwLock<HashMap<(String, PartitionId), GroupId>>,
     /// Serialises reconcile passes.
     reconciling: Mutex<()>,
+    /// Where clients reach each node: the address it announced (its `--advertise`), else its
+    /// `--peers` address (which is also where peers reach it).
+    client_addresses: RwLock<BTreeMap<NodeId, String>>,
     /// True once the controller state was caught up with the controller leader and this node's
     /// replicas were started from it; until then unknown topics may just not be known yet.
     ready: watch::Sender<bool>,
@@ -156,6 +159,7 @@ impl Cluster {
             .await
             .map_err(|_| ClusterError::ShuttingDown)??;
         let cluster = Arc::new(Self {
+            client_addresses: RwLock::new(config.nodes.clone()),
             config,
             driver,
             controller,
@@ -197,6 +201,11 @@ impl Cluster {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// True once the node has caught up with the controller and started its replicas.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     pub fn node_id(&self) -> NodeId {
         self.config.node_id
     }
@@ -207,6 +216,32 @@ impl Cluster {
 
     pub fn nodes(&self) -> &BTreeMap<NodeId, String> {
         &self.config.nodes
+    }
+
+    /// Where clients reach `node` (see `client_addresses`).
+    pub fn client_address(&self, node: NodeId) -> Option<String> {
+        self.client_addresses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+            .cloned()
+    }
+
+    /// Every node and where clients reach it.
+    pub fn client_addresses(&self) -> BTreeMap<NodeId, String> {
+        self.client_addresses.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records the client-facing address `node` announced; nodes outside the cluster are
+    /// ignored.
+    pub fn set_client_address(&self, node: NodeId, address: &str) {
+        let mut addresses = self.client_addresses.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = addresses.get_mut(&node) {
+            if known != address {
+                tracing::info!(%node, address, "node announced its client address");
+                *known = address.to_string();
+            }
+        }
     }
 
     pub fn driver(&self) -> &Arc<RaftDriver> {
@@ -305,6 +340,7 @@ impl Cluster {
         LogConfig {
             segment_bytes_max: config.segment_bytes_max.unwrap_or(defaults.segment_bytes_max),
             segment_age_ms_max: config.segment_age_ms_max.unwrap_or(defaults.segment_age_ms_max),
+            segment_allocation_step_bytes: defaults.segment_allocation_step_bytes,
             index_interval_bytes: defaults.index_interval_bytes,
             retention_ms: non_negative(config.retention_ms, defaults.retention_ms),
             retention_bytes: non_negative(config.retention_bytes, defaults.retention_bytes),

@@ -310,13 +310,13 @@ impl AdminService {
         let me = self.cluster.node_id();
         let nodes = self
             .cluster
-            .nodes()
-            .iter()
+            .client_addresses()
+            .into_iter()
             .map(|(id, address)| v1::NodeStatus {
                 node_id: id.0,
-                address: address.clone(),
-                state: match self.transport.is_up(*id) {
-                    _ if *id == me => "up",
+                address,
+                state: match self.transport.is_up(id) {
+                    _ if id == me => "up",
                     Some(true) => "up",
                     Some(false) => "down",
                     None => "unknown",

@@ -32,6 +32,11 @@ pub struct PeerTransport {
     peers: HashMap<NodeId, Peer>,
 }
 
+/// This node's client-facing address, announced to each peer at the start of every stream
+/// (empty: clients use its `--peers` address).
+#[derive(Clone, Default)]
+pub struct Announce(pub String);
+
 struct Peer {
     queue: mpsc::Sender<Vec<RaftEnvelope>>,
     /// When a raft batch from the peer last arrived (ms since the Unix epoch; 0 = never):
@@ -56,7 +61,7 @@ fn now_ms() -> u64 {
 
 impl PeerTransport {
     /// Starts a connection task for every node in `nodes` but this one. Call inside a runtime.
-    pub fn start(node_id: NodeId, nodes: &BTreeMap<NodeId, String>) -> Arc<Self> {
+    pub fn start(node_id: NodeId, nodes: &BTreeMap<NodeId, String>, announce: Announce) -> Arc<Self> {
         let mut peers = HashMap::new();
         for (&peer, address) in nodes.iter().filter(|(id, _)| **id != node_id) {
             let (queue, receiver) = mpsc::channel(PEER_QUEUE_BATCHES_MAX);
@@ -67,7 +72,14 @@ impl PeerTransport {
                 connected_since_ms: connected_since_ms.clone(),
             };
             peers.insert(peer, state);
-            tokio::spawn(peer_loop(node_id, peer, address.clone(), receiver, connected_since_ms));
+            tokio::spawn(peer_loop(
+                node_id,
+                peer,
+                address.clone(),
+                receiver,
+                connected_since_ms,
+                announce.clone(),
+            ));
         }
         Arc::new(Self { node_id, peers })
     }
@@ -128,6 +140,7 @@ async fn peer_loop(
     address: String,
     mut queue: mpsc::Receiver<Vec<RaftEnvelope>>,
     connected_since_ms: Arc<AtomicU64>,
+    announce: Announce,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -144,6 +157,19 @@ async fn peer_loop(
         let mut call = tokio::spawn(async move { client.stream(ReceiverStream::new(stream_receiver)).await });
         tracing::info!(%peer, %address, "raft stream to peer open");
         connected_since_ms.store(now_ms().max(1), Ordering::Relaxed);
+        // The first batch of a stream introduces this node (followers of the same groups may
+        // have nothing else to say to each other for a long time).
+        let hello = RaftBatch {
+            from_node: from.0,
+            to_node: peer.0,
+            messages: Vec::new(),
+            from_address: announce.0.clone(),
+        };
+        if stream_sender.send(hello).await.is_err() {
+            connected_since_ms.store(0, Ordering::Relaxed);
+            call.abort();
+            continue;
+        }
         loop {
             tokio::select! {
                 envelopes = queue.recv() => {
@@ -155,6 +181,7 @@ async fn peer_loop(
                         from_node: from.0,
                         to_node: peer.0,
                         messages: envelopes,
+                        from_address: String::new(),
                     };
                     if stream_sender.send(batch).await.is_err() {
                         break;
@@ -198,6 +225,7 @@ pub struct RaftService {
     pub node_id: NodeId,
     pub driver: Arc<RaftDriver>,
     pub transport: Arc<PeerTransport>,
+    pub cluster: Arc<crate::cluster::Cluster>,
     pub stopping: super::Stopping,
 }
 
@@ -221,6 +249,10 @@ impl Raft for RaftService {
                 )));
             }
             self.transport.heard_from(NodeId(batch.from_node));
+            if !batch.from_address.is_empty() {
+                self.cluster
+                    .set_client_address(NodeId(batch.from_node), &batch.from_address);
+            }
             for envelope in batch.messages {
                 match RaftMessage::parse_from_bytes(&envelope.message) {
                     Ok(message) => {
