@@ -59,6 +59,8 @@ struct FileLimits {
 #[serde(deny_unknown_fields)]
 struct FileLog {
     segment_bytes_max: Option<u64>,
+    /// Disk blocks of the active segment are allocated in steps of this many bytes.
+    segment_allocation_step_bytes: Option<u64>,
     segment_age_ms_max: Option<u64>,
     index_interval_bytes: Option<u32>,
     /// Negative: keep forever.
@@ -167,6 +169,10 @@ impl BrokerConfig {
             batch_bytes_max: l.batch_bytes_max.unwrap_or(16 << 20),
             log: LogConfig {
                 segment_bytes_max: file.log.segment_bytes_max.unwrap_or(log_defaults.segment_bytes_max),
+                segment_allocation_step_bytes: file
+                    .log
+                    .segment_allocation_step_bytes
+                    .unwrap_or(log_defaults.segment_allocation_step_bytes),
                 segment_age_ms_max: file.log.segment_age_ms_max.unwrap_or(log_defaults.segment_age_ms_max),
                 index_interval_bytes: file
                     .log
@@ -256,6 +262,13 @@ impl BrokerConfig {
             return Err(invalid(
                 "log.segment_bytes_max",
                 "must be between 65536 and 17179869184 (16 GiB)",
+            ));
+        }
+        // Larger than the segment is fine: the log allocates at most the segment.
+        if self.log.segment_allocation_step_bytes < 64 << 10 {
+            return Err(invalid(
+                "log.segment_allocation_step_bytes",
+                "must be at least 65536 (64 KiB)",
             ));
         }
         if self.log.index_interval_bytes < 64 {
@@ -368,6 +381,28 @@ mod tests {
         })
         .unwrap_err();
         assert!(error.to_string().contains("segment_bytes_max"), "{error}");
+    }
+
+    #[test]
+    fn segment_allocation_step_is_read_and_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        let defaults = BrokerConfig::load(Overrides::default()).unwrap();
+        assert_eq!(defaults.log.segment_allocation_step_bytes, 16 << 20);
+        std::fs::write(&path, "[log]\nsegment_allocation_step_bytes = 4194304\n").unwrap();
+        let config = BrokerConfig::load(Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.log.segment_allocation_step_bytes, 4 << 20);
+        std::fs::write(&path, "[log]\nsegment_allocation_step_bytes = 4096\n").unwrap();
+        let error = BrokerConfig::load(Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("segment_allocation_step_bytes"), "{error}");
     }
 
     #[test]

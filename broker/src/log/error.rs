@@ -15,7 +15,7 @@ pub enum LogError {
     #[error("I/O error on {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 
-    /// ENOSPC, EDQUOT or EFBIG while preallocating a segment. Nothing was written.
+    /// ENOSPC, EDQUOT or EFBIG while allocating blocks of a segment. Nothing was written.
     #[error("disk full: cannot allocate {needed} bytes for {}", path.display())]
     DiskFull { path: PathBuf, needed: u64 },
 

@@ -1,4 +1,4 @@
-//! File-system helpers: file names, preallocation, directory sync, removal.
+//! File-system helpers: file names, block allocation, directory sync, removal.
 
 use std::fs::{self, File};
 use std::io;
@@ -12,7 +12,7 @@ pub(super) const SEGMENT_SUFFIX: &str = ".log";
 pub(super) const INDEX_SUFFIX: &str = ".index";
 pub(super) const TIME_INDEX_SUFFIX: &str = ".timeindex";
 pub(super) const TMP_SUFFIX: &str = ".tmp";
-/// The preallocated next segment, renamed to `{base_index:020}.log` when the log rolls onto it.
+/// The next segment, made ahead of a roll, renamed to `{base_index:020}.log` when the log rolls onto it.
 pub(super) const STANDBY_NAME: &str = "standby.log.tmp";
 
 /// Digits of a segment file name: enough for any u64.
@@ -64,7 +64,6 @@ pub(super) fn classify(name: &str) -> FileKind {
     }
 }
 
-/// Makes the directory's entries (created, renamed, removed files) durable.
 /// Creates (or empties) a file for a new segment, open for reading and writing.
 pub(super) fn create_segment_file(path: &Path) -> Result<File, LogError> {
     std::fs::OpenOptions::new()
@@ -76,27 +75,30 @@ pub(super) fn create_segment_file(path: &Path) -> Result<File, LogError> {
         .map_err(io_error(path))
 }
 
+/// Makes the directory's entries (created, renamed, removed files) durable.
 pub(super) fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|handle| handle.sync_all())
         .map_err(io_error(dir))
 }
 
-/// Allocates disk blocks for `[0, len)` of `file` (growing it if shorter), so that writes through
-/// a mapping of that range never need the file system to find space: a full disk shows up here
-/// as [`LogError::DiskFull`] instead of as SIGBUS later.
-pub(super) fn allocate(file: &File, path: &Path, len: u64) -> Result<(), LogError> {
-    let Ok(signed_len) = libc::off_t::try_from(len) else {
-        return Err(LogError::DiskFull {
-            path: path.to_path_buf(),
-            needed: len,
-        });
+/// Allocates disk blocks for `[start, end)` of `file` (growing it if shorter), so that writes
+/// through a mapping of that range never need the file system to find space: a full disk shows
+/// up here as [`LogError::DiskFull`] instead of as SIGBUS later. Blocks already allocated are
+/// kept (cheap, and it needs no free space).
+pub(super) fn allocate(file: &File, path: &Path, start: u64, end: u64) -> Result<(), LogError> {
+    let disk_full = || LogError::DiskFull {
+        path: path.to_path_buf(),
+        needed: end.saturating_sub(start),
     };
-    if signed_len == 0 {
+    if end <= start {
         return Ok(());
     }
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(start), libc::off_t::try_from(end - start)) else {
+        return Err(disk_full());
+    };
     // SAFETY: plain system call on a file descriptor we own.
-    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, signed_len) };
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) };
     let error = if result == 0 {
         return Ok(());
     } else {
@@ -106,7 +108,7 @@ pub(super) fn allocate(file: &File, path: &Path, len: u64) -> Result<(), LogErro
         // File systems without fallocate: posix_fallocate writes the blocks instead.
         Some(libc::EOPNOTSUPP) => {
             // SAFETY: as above.
-            match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, signed_len) } {
+            match unsafe { libc::posix_fallocate(file.as_raw_fd(), offset, len) } {
                 0 => return Ok(()),
                 code => io::Error::from_raw_os_error(code),
             }
@@ -114,12 +116,42 @@ pub(super) fn allocate(file: &File, path: &Path, len: u64) -> Result<(), LogErro
         _ => error,
     };
     match error.raw_os_error() {
-        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => Err(LogError::DiskFull {
-            path: path.to_path_buf(),
-            needed: len,
-        }),
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => Err(disk_full()),
         _ => Err(io_error(path)(error)),
     }
+}
+
+/// Extends the allocated prefix `[0, *allocated)` of a segment file of `capacity` bytes so that
+/// it covers `[0, end)`: up to the next multiple of `step` (at most `capacity`). On error
+/// (`DiskFull` on a full disk) nothing changed.
+pub(super) fn allocate_prefix(
+    file: &File,
+    path: &Path,
+    allocated: &mut u64,
+    end: u64,
+    step: u64,
+    capacity: u64,
+) -> Result<(), LogError> {
+    let end = end.min(capacity);
+    if end <= *allocated {
+        return Ok(());
+    }
+    let target = end.div_ceil(step).saturating_mul(step).min(capacity);
+    allocate(file, path, *allocated, target)?;
+    *allocated = target;
+    Ok(())
+}
+
+/// Sets the length of a new (or the active) segment file to `len` without allocating blocks:
+/// the part past the allocated prefix is a hole, which reads as zeros and costs no disk.
+pub(super) fn set_length(file: &File, path: &Path, len: u64) -> Result<(), LogError> {
+    file.set_len(len).map_err(|error| match error.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => LogError::DiskFull {
+            path: path.to_path_buf(),
+            needed: len,
+        },
+        _ => io_error(path)(error),
+    })
 }
 
 /// Removes a file; a file that is already gone is not an error.

@@ -9,8 +9,9 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
 
-/// One mapping of a segment file: read-write over the whole preallocated file for the active
-/// segment, read-only over the data for a sealed one.
+/// One mapping of a segment file: read-write over the whole file for the active segment (of
+/// which only the allocated prefix may be written, see `Segment::allocated`), read-only over the
+/// data for a sealed one.
 ///
 /// Aliasing rules. The log writes only through [`Mapping::bytes_mut`], only while it holds the
 /// `PartitionLog` mutably, and normally only past the data length, where no reader looks. The
@@ -28,8 +29,8 @@ fn to_usize(len: u64) -> io::Result<usize> {
 }
 
 impl Mapping {
-    /// Maps `[0, len)` of `file` read-write. The file must be at least `len` bytes long and its
-    /// blocks allocated (see `fsutil::allocate`), so that no write through the mapping faults.
+    /// Maps `[0, len)` of `file` read-write. The file must be at least `len` bytes long; only its
+    /// allocated blocks (see `fsutil::allocate`) may be written, so that no write faults.
     pub(super) fn read_write(file: &File, len: u64) -> io::Result<Self> {
         let raw = MmapOptions::new().len(to_usize(len)?).map_raw(file)?;
         Ok(Self { raw, writable: true })
@@ -99,7 +100,8 @@ impl Mapping {
     /// Faults the pages of `[start, end)` in for writing, so that the appends that land there
     /// copy into resident pages instead of taking one page fault per 4 KiB (which costs more than
     /// the copy). Best effort: kernels before 5.14 lack MADV_POPULATE_WRITE and skip it. The
-    /// pages stay zero; the kernel only maps them.
+    /// pages stay zero; the kernel only maps them. Only for allocated ranges: on a hole it
+    /// would allocate blocks (and fail on a full disk).
     pub(super) fn prefault(&self, start: u64, end: u64) {
         let end = end.min(self.len());
         if !self.writable || end <= start {

@@ -20,7 +20,7 @@
 //! checkpoint                      how far the log is known to be durable
 //! log_start                       position just before the first stored entry
 //! clean_shutdown                  present only between a clean close and the next open
-//! standby.log.tmp                 preallocated next segment (made by `reserve`)
+//! standby.log.tmp                 next segment, made ahead of a roll by `reserve`
 //! *.tmp                           half-written files; deleted at open
 //! ```
 //!
@@ -44,23 +44,38 @@
 //!   decrease; each base offset is the previous next offset; a records batch claims no more
 //!   records than its body could hold; a control batch claims none. The first segment starts at
 //!   `log_start.index + 1` and `log_start.offset`; each later one continues the previous one.
-//! - The **active segment** (the last) is created by `fallocate` at `segment_bytes_max` (or more
-//!   for an oversized batch) and mapped read-write; appends copy into the mapping. Every byte
-//!   after the data is zero: truncation zeroes what it removes, and recovery zeroes a torn tail.
-//!   A records batch may not use the last `control_reserve` bytes (64 KiB, or 1/16 of small
-//!   segments) so that `Noop` and configuration entries still fit when no new segment can be
-//!   allocated.
+//! - The **active segment** (the last) is a file of `segment_bytes_max` bytes (or more for an
+//!   oversized batch), mapped read-write in full; appends copy into the mapping. Only a prefix
+//!   of it has disk blocks: `[0, allocated)` is allocated with `fallocate`, the rest is a hole
+//!   (reads as zeros, costs no disk). `allocated` grows in steps of
+//!   `segment_allocation_step_bytes` (default 16 MiB, whole pages, at most the segment) when an
+//!   append or a `reserve` needs room past it; on a full disk that is [`LogError::DiskFull`]
+//!   and nothing is appended. No write through the mapping goes past `allocated` (appends,
+//!   truncation's zeroing, recycling into the standby, the prefaulter): writing into a hole
+//!   would make the file system allocate a block on a page fault, SIGBUS on a full disk. Every
+//!   byte after the data is zero: truncation zeroes what it removes, and recovery zeroes a torn
+//!   tail. A records batch may not use the last `control_reserve` bytes of the segment (64 KiB,
+//!   or 1/16 of small segments), and keeps them allocated behind it, so that `Noop` and
+//!   configuration entries still fit when no block and no new segment can be allocated.
 //! - A **sealed segment** is truncated to its data and mapped read-only. A segment holds at most
 //!   `u32::MAX` bytes.
-//! - Rolling: `reserve` preallocates `standby.log.tmp` when the active segment lacks room; a roll
-//!   (when a batch does not fit, or by age in `maybe_roll`) renames it to `{next_index:020}.log`,
-//!   fsyncs the directory, then seals the old segment. A roll with no standby allocates one on
-//!   the spot and may fail with `DiskFull` (nothing is appended then). The age of a segment counts
-//!   from its first append (after a restart: from the restart, or from the first batch's
-//!   timestamp if older).
+//! - Reserving: `reserve(bytes)` allocates the active segment up to `data end + bytes +
+//!   control_reserve` (rounded up to a step, at most the segment), and when the segment lacks
+//!   that room, makes `standby.log.tmp` (full length, its first `bytes + control_reserve`
+//!   allocated, rounded up to a step). The appends it admitted then allocate nothing.
+//! - Rolling: a roll (when a batch does not fit, or by age in `maybe_roll`) renames the standby
+//!   to `{next_index:020}.log`, fsyncs the directory, then seals the old segment. A roll with no
+//!   standby makes one on the spot and may fail with `DiskFull` (nothing is appended then). The
+//!   age of a segment counts from its first append (after a restart: from the restart, or from
+//!   the first batch's timestamp if older).
 //! - Truncation into a sealed segment makes it the active one again (mapped read-write over its
-//!   current length, no allocation); the removed active segment becomes the standby (zeroed) if
-//!   there is none, so what `reserve` promised still holds.
+//!   current length, only its data counted as allocated); the removed active segment becomes the
+//!   standby (zeroed, keeping its allocated prefix) if there is none, so what `reserve` promised
+//!   still holds.
+//! - How far the active segment was allocated is not recorded: after a restart its data end
+//!   counts as allocated, and open allocates up to the control reserve again (best effort;
+//!   `fallocate` over blocks a crash left allocated is cheap and needs no free space). Files
+//!   written before allocation steps (fallocated in full) open the same way.
 //!
 //! # `.index` (version 1)
 //!
@@ -125,7 +140,7 @@
 //!
 //! With a matching clean-shutdown marker, open trusts the index files and reads no data (only
 //! the last batch header of each segment, and a zero check of the 64 KiB after the active
-//! segment's data: scanning the whole preallocated tail would fault in every page of every
+//! segment's data: scanning the whole tail of the segment would fault in every page of every
 //! partition at start).
 //! Otherwise:
 //!
@@ -144,11 +159,14 @@
 //!   [`RecoveryReport::truncated_durable_bytes`]: that replica may have lost acknowledged entries.
 //! - Whether anything but zeros follows the last whole batch (and how far the torn tail to zero
 //!   reaches) is checked only where the file system reports data (SEEK_DATA/SEEK_HOLE): the
-//!   unwritten part of a preallocated segment is a hole. After a kill -9 the data regions are the
+//!   unallocated part of an active segment is a hole, and so is the allocated but unwritten
+//!   part. The batch walk itself stops at the end of the last data region (a batch reaching past
+//!   it is torn): reading a hole through a shared mapping makes tmpfs allocate a page, SIGBUS
+//!   when it is full. After a kill -9 the data regions are the
 //!   batches and the pages the prefault thread touched (cached zeros, about 8 MiB); after a power
 //!   cut, what was written back. All regions are listed before any byte is read: reading adds
 //!   pages to the page cache (with read-ahead), which ext4 also reports as data, so asking region
-//!   by region made the check creep through the whole preallocated file (1 s per 256 MiB segment
+//!   by region made the check creep through the whole allocated file (1 s per 256 MiB segment
 //!   in a debug build). The regions are compared with zeros 4 KiB at a time (`memcmp`, as fast
 //!   in an unoptimised build). The check is not bounded by the checkpoint or a batch size: pages
 //!   written after the last flush (up to a second of appends) reach the disk in any order in a
@@ -176,7 +194,9 @@
 //! and a sparse index push. Writing a fresh page of a file mapping costs a page fault (about as
 //! much as copying 2-3 pages), so a process-wide `weir-prefault` thread faults pages in
 //! (MADV_POPULATE_WRITE, contents unchanged) ahead of each active segment's tail, in a window that
-//! follows the write rate (128 KiB to 8 MiB). `reserve` extends it to the reserved bytes.
+//! follows the write rate (128 KiB to 8 MiB), never past the allocated prefix (MADV_POPULATE_WRITE
+//! on a hole would allocate blocks the log did not ask for, and fail on a full disk). `reserve`
+//! extends it to the reserved bytes.
 //!
 //! # Durability
 //!
@@ -235,11 +255,18 @@ use crate::types::{Offset, RaftIndex, Term};
 const CONTROL_RESERVE_BYTES: u64 = 64 * 1024;
 /// Largest segment: positions are stored as u32.
 const SEGMENT_BYTES_LIMIT: u64 = u32::MAX as u64;
+/// Allocation steps are whole pages (the prefaulter works in pages).
+const PAGE_BYTES: u64 = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
-    /// Size to which the active segment is preallocated (capped at 4 GiB - 1).
+    /// Length of the active segment file: it rolls when a batch does not fit (capped at
+    /// 4 GiB - 1).
     pub segment_bytes_max: u64,
+    /// Disk blocks of the active segment are allocated (fallocate) in steps of this many bytes,
+    /// as appends and reservations need them, instead of the whole segment up front. Rounded up
+    /// to whole 4 KiB pages, at most `segment_bytes_max`.
+    pub segment_allocation_step_bytes: u64,
     /// Roll when the active segment got its first entry longer ago than this.
     pub segment_age_ms_max: u64,
     /// One sparse index entry per this many bytes of batches.
@@ -254,6 +281,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             segment_bytes_max: 256 * 1024 * 1024,
+            segment_allocation_step_bytes: 16 * 1024 * 1024,
             segment_age_ms_max: 7 * 24 * 60 * 60 * 1000,
             index_interval_bytes: 4096,
             retention_ms: None,
@@ -332,7 +360,7 @@ pub struct PartitionLog {
     /// Ordered by base index, never empty; the last one is the active (writable) segment, and
     /// only it may be empty.
     segments: Vec<Segment>,
-    /// The preallocated next segment, if `reserve` (or a truncation) made one.
+    /// The next segment, made ahead of a roll, if `reserve` (or a truncation) made one.
     standby: Option<Standby>,
     /// Bytes the last `reserve` asked for: a standby made later (by an age roll) is at least
     /// this big, so that the reservation still holds.
@@ -402,7 +430,7 @@ impl PartitionLog {
         self.tail().2
     }
 
-    /// Bytes of stored batches (preallocated space not counted).
+    /// Bytes of stored batches (allocated space not counted).
     pub fn size_bytes(&self) -> u64 {
         self.segments.iter().map(|segment| segment.len).sum()
     }
@@ -436,6 +464,10 @@ impl PartitionLog {
         self.config.segment_bytes_max.min(SEGMENT_BYTES_LIMIT)
     }
 
+    fn allocation_step(&self) -> u64 {
+        allocation_step(&self.config)
+    }
+
     fn take_uid(&mut self) -> u64 {
         self.next_uid += 1;
         self.next_uid
@@ -447,4 +479,14 @@ impl PartitionLog {
         (at < self.segments.len() && self.segments[at].base_index <= index && !self.segments[at].is_empty())
             .then_some(at)
     }
+}
+
+/// The allocation step of `config`: whole pages, at least one, at most the segment size.
+fn allocation_step(config: &LogConfig) -> u64 {
+    let segment = config.segment_bytes_max.clamp(1, SEGMENT_BYTES_LIMIT);
+    config
+        .segment_allocation_step_bytes
+        .min(segment)
+        .max(1)
+        .next_multiple_of(PAGE_BYTES)
 }

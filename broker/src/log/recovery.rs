@@ -10,14 +10,14 @@ use std::sync::Arc;
 use super::checkpoint::{Checkpoint, CleanMarker, LogStartRecord, CLEAN_FILE};
 use super::error::{io_error, LogError};
 use super::fsutil::{
-    allocate, classify, create_segment_file, index_path, now_ms, remove_if_exists, segment_path, sync_dir,
-    time_index_path, FileKind,
+    allocate_prefix, classify, create_segment_file, index_path, now_ms, remove_if_exists, segment_path, set_length,
+    sync_dir, time_index_path, FileKind,
 };
 use super::index::{decode_index, decode_time_index};
 use super::mapping::Mapping;
 use super::scan::{nonzero_end, nonzero_end_within, valid_batch_follows, walk, Cursor};
 use super::segment::Segment;
-use super::{LogConfig, PartitionLog, RecoveryReport, SEGMENT_BYTES_LIMIT};
+use super::{allocation_step, LogConfig, PartitionLog, RecoveryReport, SEGMENT_BYTES_LIMIT};
 use crate::types::{Offset, RaftIndex};
 
 /// How much of a segment can be trusted without checking CRCs.
@@ -105,6 +105,12 @@ pub(super) fn open(dir: &Path, config: LogConfig) -> Result<(PartitionLog, Recov
         checkpoint_written_at: None,
         next_uid,
     };
+    // The blocks after the data: usually still allocated from before (then this is cheap and
+    // needs no free space), so the control reserve is there again even on a full disk.
+    let (end, step) = (log.active().len + log.control_reserve(), log.allocation_step());
+    if let Err(error) = log.active_mut().allocate_to(end, step) {
+        tracing::warn!(dir = %dir.display(), %error, "cannot allocate the active segment's next step");
+    }
     let frontier = log.durable_frontier();
     if checkpoint.is_none_or(|written| frontier < written) {
         log.write_checkpoint(frontier)?;
@@ -167,7 +173,7 @@ fn drop_below_start(dir: &Path, bases: &mut Vec<RaftIndex>, start: RaftIndex) ->
 }
 
 /// Bytes after the data of a cleanly closed active segment that are checked to be zero. Only
-/// this window is read: scanning the whole preallocated segment would fault in every page of
+/// this window is read: scanning the whole segment would fault in every page of
 /// every partition's active segment at start. Damage further out is found by the next crash
 /// recovery (as a torn tail) and is never read before: reads stop at the data's end.
 const CLEAN_TAIL_CHECK_BYTES: u64 = 64 << 10;
@@ -239,8 +245,8 @@ impl Loader<'_> {
         self.check(segment, durable_until, next_path.as_deref())
     }
 
-    /// Opens and maps a segment file: read-write and grown to `segment_bytes_max` (best effort)
-    /// for the last one, read-only for the others.
+    /// Opens and maps a segment file: read-write and lengthened to `segment_bytes_max` (a hole,
+    /// best effort) for the last one, read-only for the others.
     fn open_segment(&mut self, base: RaftIndex, is_last: bool) -> Result<Segment, LogError> {
         let path = segment_path(self.dir, base);
         if base.0 != self.cursor.next_index {
@@ -265,12 +271,12 @@ impl Loader<'_> {
             ));
         }
         let map = if is_last {
-            length = grow(
+            length = lengthen(
                 &file,
                 &path,
                 length,
                 self.config.segment_bytes_max.min(SEGMENT_BYTES_LIMIT),
-            )?;
+            );
             Mapping::read_write(&file, length)
         } else {
             Mapping::read_only(&file, length)
@@ -326,7 +332,7 @@ impl Loader<'_> {
             self.report.truncated_durable_bytes += durable_until - position;
         }
         if garbage_end == position {
-            // Clean end of the data (the rest is preallocated zeros, or a seal that did not
+            // Clean end of the data (the rest is zeros or a hole, or a seal that did not
             // shrink the file before a crash).
             if !segment.writable {
                 finish_seal(&mut segment)?;
@@ -335,7 +341,7 @@ impl Loader<'_> {
             return Ok(Flow::Continue);
         }
         let map = Arc::clone(&segment.map);
-        if valid_batch_follows(map.bytes(0, map.len()), position, self.cursor.next_index, next) {
+        if valid_batch_follows(map.bytes(0, stop.data_end), position, self.cursor.next_index, next) {
             return Err(segment.corrupt(position, format!("{reason}, and valid entries follow")));
         }
         tracing::warn!(path = %segment.path.display(), position, bytes = garbage_end - position, reason, "cutting a torn tail");
@@ -359,6 +365,8 @@ impl Loader<'_> {
     /// Adds a loaded segment; `durable_until` says how much of it is known flushed.
     fn accept(&mut self, mut segment: Segment, durable_until: u64) {
         segment.flushed = segment.len.min(durable_until);
+        // What was allocated after the data is not recorded: the next allocation redoes it.
+        segment.allocated = segment.len;
         if !segment.writable && !segment.index_synced {
             // Rebuilt by a scan: save the next recovery the work (best effort).
             if let Err(error) = segment.persist_index(self.dir, false) {
@@ -402,35 +410,41 @@ impl Loader<'_> {
         self.report.clean_shutdown = matches && self.report.scanned_bytes == 0;
     }
 
-    /// The active segment of an empty log, preallocated if the disk allows.
+    /// The active segment of an empty log: full length (a hole), its first allocation step
+    /// allocated if the disk allows (otherwise appends report `DiskFull` until it does).
     fn create_first(&mut self, base_offset: Offset) -> Result<(), LogError> {
         let base = RaftIndex(self.cursor.next_index);
         let path = segment_path(self.dir, base);
         let file = create_segment_file(&path)?;
-        let length = grow(&file, &path, 0, self.config.segment_bytes_max.min(SEGMENT_BYTES_LIMIT))?;
+        let length = lengthen(&file, &path, 0, self.config.segment_bytes_max.min(SEGMENT_BYTES_LIMIT));
+        let mut allocated = 0;
+        let step = allocation_step(self.config);
+        if let Err(error) = allocate_prefix(&file, &path, &mut allocated, step, step, length) {
+            tracing::warn!(path = %path.display(), %error, "active segment not allocated");
+        }
         sync_dir(self.dir)?;
         let map = Arc::new(Mapping::read_write(&file, length).map_err(io_error(&path))?);
         self.next_uid += 1;
-        self.segments
-            .push(Segment::new(path, file, map, base, base_offset, self.next_uid));
+        let mut segment = Segment::new(path, file, map, base, base_offset, self.next_uid);
+        segment.allocated = allocated;
+        self.segments.push(segment);
         Ok(())
     }
 }
 
-/// Preallocates `file` to `target` bytes if shorter; on a full disk keeps its length (appends
-/// then roll, and report `DiskFull` themselves). Returns the length.
-fn grow(file: &File, path: &Path, length: u64, target: u64) -> Result<u64, LogError> {
+/// Sets the length of the active segment file to `target` if shorter, without allocating (the
+/// rest is a hole, see `Segment::allocated`); on failure keeps its length (appends then roll,
+/// and report `DiskFull` themselves). Returns the length.
+fn lengthen(file: &File, path: &Path, length: u64, target: u64) -> u64 {
     if length >= target {
-        return Ok(length);
+        return length;
     }
-    match allocate(file, path, target) {
-        Ok(()) => Ok(target),
-        Err(LogError::DiskFull { .. }) => {
-            tracing::warn!(path = %path.display(), target, "disk full: active segment not preallocated");
-            file.set_len(length).map_err(io_error(path))?;
-            Ok(length)
+    match set_length(file, path, target) {
+        Ok(()) => target,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), target, %error, "active segment not lengthened");
+            length
         }
-        Err(error) => Err(error),
     }
 }
 

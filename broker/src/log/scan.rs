@@ -61,21 +61,30 @@ impl Cursor {
 }
 
 /// Where a walk stopped: at `position`, either at the end of the file (`reason` None) or before
-/// a batch that is invalid or does not continue the log.
+/// a batch that is invalid or does not continue the log (or at the end of the data regions of a
+/// longer file, which reads as zeros).
 pub(super) struct Stop {
     pub(super) position: u64,
     pub(super) reason: Option<String>,
+    /// End of the last region that may hold data (SEEK_DATA): everything after it is a hole.
+    /// Nothing at or after it was read.
+    pub(super) data_end: u64,
 }
 
 /// Walks the batches of `segment` from its current end to the end of its file: header hop only
 /// before `crc_from`, full checks (framing and CRC) from there on, continuity always. Each good
 /// batch is added to the segment and advances `cursor`.
+///
+/// Bytes past the last data region are not read: they are a hole (zeros), the unallocated part
+/// of an active segment, and reading a hole through a shared mapping makes tmpfs allocate a
+/// page, which on a full tmpfs is SIGBUS. A batch that reaches into the hole is torn.
 pub(super) fn walk(segment: &mut Segment, crc_from: u64, cursor: &mut Cursor, interval_bytes: u32) -> Stop {
     let map = Arc::clone(&segment.map);
     let file_len = map.len();
-    let data = map.bytes(0, file_len);
+    let data_end = data_end(&segment.file, segment.len, file_len);
+    let data = map.bytes(0, data_end);
     let mut position = segment.len;
-    while position < file_len {
+    while position < data_end {
         let rest = &data[position as usize..];
         let parsed = if position >= crc_from {
             batch::check(rest)
@@ -88,6 +97,7 @@ pub(super) fn walk(segment: &mut Segment, crc_from: u64, cursor: &mut Cursor, in
                 return Stop {
                     position,
                     reason: Some(error.to_string()),
+                    data_end,
                 }
             }
         };
@@ -95,13 +105,24 @@ pub(super) fn walk(segment: &mut Segment, crc_from: u64, cursor: &mut Cursor, in
             return Stop {
                 position,
                 reason: Some(reason),
+                data_end,
             };
         }
         segment.push_batch(position, &header, interval_bytes);
         cursor.advance(&header);
         position += u64::from(header.length);
     }
-    Stop { position, reason: None }
+    let reason = (position < file_len).then(|| "zeros (a hole) after the data".to_string());
+    Stop {
+        position,
+        reason,
+        data_end,
+    }
+}
+
+/// End of the last region of `[from, to)` that may hold data, or `from` when there is none.
+pub(super) fn data_end(file: &File, from: u64, to: u64) -> u64 {
+    data_regions(file, from, to).last().map_or(from, |&(_, stop)| stop)
 }
 
 /// End of the last non-zero byte in `[from, map.len())`, or `from` when all are zero. See
@@ -113,11 +134,11 @@ pub(super) fn nonzero_end(file: &File, map: &Mapping, from: u64) -> u64 {
 /// End of the last non-zero byte in `[from, to)`, or `from` when all are zero.
 ///
 /// Reads only the regions where the file system says data may lie (SEEK_DATA/SEEK_HOLE): the
-/// unwritten part of a preallocated segment is a hole and reads as zeros. All regions are listed
+/// unallocated (or allocated but unwritten) part of an active segment is a hole and reads as zeros. All regions are listed
 /// before any byte is read, because reading adds pages to the page cache (a fault on the mapping
 /// reads ahead by up to `read_ahead_kb`, 8 MiB on some disks), and on ext4 a cached page of an
 /// unwritten extent counts as data: asked region by region, each read made the next region, and
-/// the check crept through the whole preallocated file.
+/// the check crept through the whole allocated file.
 pub(super) fn nonzero_end_within(file: &File, map: &Mapping, from: u64, to: u64) -> u64 {
     let to = to.min(map.len());
     data_regions(file, from, to)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use weir_proto::batch::{self, BatchHeader, BatchKind};
 
 use super::error::{io_error, LogError};
-use super::fsutil::{index_path, remove_if_exists, time_index_path};
+use super::fsutil::{allocate_prefix, index_path, remove_if_exists, time_index_path};
 use super::index::{encode_index, encode_time_index, IndexFileMeta, SegmentIndex};
 use super::mapping::{prefault_async, Mapping, PREFAULT_WINDOW_MAX_BYTES, PREFAULT_WINDOW_MIN_BYTES};
 use crate::types::{Offset, RaftIndex, Term};
@@ -34,6 +34,11 @@ pub(super) struct Segment {
     pub(super) base_offset: Offset,
     /// Bytes of whole batches. Every byte after it, up to the end of the file, is zero.
     pub(super) len: u64,
+    /// Active segment: `[0, allocated)` has its disk blocks (fallocate), the rest of the file is
+    /// a hole. Every write through the mapping stays below it (a write into a hole would need
+    /// the file system to find a block, SIGBUS on a full disk). Never below `len`; only grows
+    /// for a given mapping (the prefaulter may still work on an older, larger range).
+    pub(super) allocated: u64,
     /// `base_index - 1` while the segment is empty.
     pub(super) last_index: RaftIndex,
     pub(super) last_term: Term,
@@ -72,6 +77,7 @@ impl Segment {
             base_index,
             base_offset,
             len: 0,
+            allocated: 0,
             last_index: RaftIndex(base_index.0.saturating_sub(1)),
             last_term: Term(0),
             next_offset: base_offset,
@@ -88,6 +94,13 @@ impl Segment {
     /// Mapped bytes: the file size for the active segment, `len` for a sealed one.
     pub(super) fn capacity(&self) -> u64 {
         self.map.len()
+    }
+
+    /// Makes sure `[0, end)` (at most the capacity) has its blocks, allocating the missing part
+    /// in whole `step`s. `DiskFull` on a full disk, and then nothing changed.
+    pub(super) fn allocate_to(&mut self, end: u64, step: u64) -> Result<(), LogError> {
+        let capacity = self.capacity();
+        allocate_prefix(&self.file, &self.path, &mut self.allocated, end, step, capacity)
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -146,10 +159,12 @@ impl Segment {
 
     /// Keeps the background prefaulter ahead of `reach`, the position the writer will soon reach
     /// (the data end, or where a reservation ends). One comparison when nothing needs doing.
+    /// Only the allocated prefix is faulted in: MADV_POPULATE_WRITE on a hole would allocate
+    /// blocks behind the log's back (and fail on a full disk).
     pub(super) fn prefault_ahead(&mut self, reach: u64) {
-        let capacity = self.capacity();
+        let limit = self.allocated;
         let half_window = self.prefault_until.saturating_sub(self.prefault_mark) / 2;
-        if !self.writable || self.prefault_until >= capacity || reach + half_window <= self.prefault_until {
+        if !self.writable || self.prefault_until >= limit || reach + half_window <= self.prefault_until {
             return;
         }
         let advanced = reach.saturating_sub(self.prefault_mark);
@@ -159,7 +174,7 @@ impl Segment {
         // When the writer has caught up, leave it the next quarter window: both faulting the same
         // pages would only make them wait on each other; split, they fault in parallel.
         let start = self.prefault_until.max(reach.saturating_add(window / 4)).max(self.len);
-        let end = reach.saturating_add(window).min(capacity);
+        let end = reach.saturating_add(window).min(limit);
         if start >= end {
             return;
         }
@@ -180,7 +195,7 @@ impl Segment {
         self.last_position = position;
     }
 
-    /// Copies one whole batch to the tail (which the caller checked has room), stamps it with
+    /// Copies one whole batch to the tail (which the caller checked has room, allocated), stamps it with
     /// `restamp` (term, index) and the segment's next offset when given, and indexes it.
     pub(super) fn write_batch(
         &mut self,
@@ -190,6 +205,12 @@ impl Segment {
     ) -> Result<BatchHeader, LogError> {
         let start = self.len;
         let end = start + bytes.len() as u64;
+        assert!(
+            end <= self.allocated,
+            "write of {start}..{end} past the allocated {} bytes of {}",
+            self.allocated,
+            self.path.display()
+        );
         // SAFETY: the log is held mutably (we are its only writer) and [start, end) lies past the
         // data, where no view or borrow points.
         let target = unsafe { self.map.bytes_mut(start, end) };
@@ -250,6 +271,7 @@ impl Segment {
     /// index files.
     pub(super) fn seal(&mut self, dir: &Path) {
         self.writable = false;
+        self.allocated = self.len;
         match self.file.set_len(self.len) {
             // The old read-write mapping now extends past the end of the file; it stays valid
             // for the views that hold it, which only cover data.
@@ -265,10 +287,12 @@ impl Segment {
     }
 
     /// Makes a sealed segment the active one again over `map` (a read-write mapping of the file).
+    /// Only its data counts as allocated (the file may be longer if a seal was interrupted).
     pub(super) fn reactivate(&mut self, dir: &Path, map: Mapping, uid: u64) -> Result<(), LogError> {
         remove_if_exists(&index_path(dir, self.base_index))?;
         remove_if_exists(&time_index_path(dir, self.base_index))?;
         self.map = Arc::new(map);
+        self.allocated = self.len;
         self.prefault_until = 0;
         self.prefault_mark = 0;
         self.writable = true;

@@ -8,17 +8,20 @@ use weir_proto::batch::{self, BatchError, BatchKind, HEADER_LEN, RECORD_OVERHEAD
 use super::checkpoint::{Checkpoint, LogStartRecord};
 use super::error::{io_error, LogError};
 use super::fsutil::{
-    allocate, create_segment_file, index_path, now_ms, segment_path, sync_dir, time_index_path, STANDBY_NAME,
+    allocate_prefix, create_segment_file, index_path, now_ms, segment_path, set_length, sync_dir, time_index_path,
+    STANDBY_NAME,
 };
 use super::mapping::{prefault_async, Mapping, PREFAULT_WINDOW_MAX_BYTES};
 use super::segment::Segment;
 use super::{AppendEntry, AppendInfo, LogStart, PartitionLog, SEGMENT_BYTES_LIMIT};
 use crate::types::RaftIndex;
 
-/// A preallocated, mapped, zero-filled file at `STANDBY_NAME`, ready to become the next segment.
+/// A mapped, zero-filled file at `STANDBY_NAME`, ready to become the next segment: full length,
+/// with the blocks of `[0, allocated)`.
 pub(super) struct Standby {
     file: File,
     map: Arc<Mapping>,
+    allocated: u64,
     /// End of the range handed to the background prefaulter.
     prefault_until: u64,
 }
@@ -107,8 +110,11 @@ impl PartitionLog {
         if active.len + length + reserve > active.capacity() {
             self.roll(length + self.control_reserve())?;
         }
-        let interval = self.config.index_interval_bytes;
+        let (interval, step) = (self.config.index_interval_bytes, self.allocation_step());
         let active = self.active_mut();
+        // A records batch keeps the control reserve allocated behind it; within a reservation
+        // this allocates nothing.
+        active.allocate_to(active.len + length + reserve, step)?;
         let base_offset = active.next_offset;
         active.write_batch(bytes, restamp, interval)?;
         active.first_append_ms.get_or_insert_with(now_ms);
@@ -120,21 +126,27 @@ impl PartitionLog {
     }
 
     /// Guarantees that appends totalling `bytes` (count every entry of the round, control ones
-    /// included) need no allocation that could fail: preallocates the standby segment when the
-    /// active one lacks room, and has the pages the appends will touch faulted in ahead of them.
+    /// included) need no allocation that could fail: allocates the blocks they will use in the
+    /// active segment (whole allocation steps), makes the standby segment when the active
+    /// one lacks room, and has the pages the appends will touch faulted in ahead of them.
+    /// `DiskFull` when the blocks cannot be allocated.
     pub fn reserve(&mut self, bytes: u64) -> Result<(), LogError> {
-        self.reserved_bytes = bytes;
         let need = bytes.saturating_add(self.control_reserve()).min(SEGMENT_BYTES_LIMIT);
+        let step = self.allocation_step();
         let active = self.active_mut();
         let (tail, room) = (active.len, active.capacity() - active.len);
+        // The appends that still fit in the active segment end by `tail + need` at the latest.
+        active.allocate_to(tail.saturating_add(need), step)?;
         active.prefault_ahead(tail.saturating_add(bytes));
         if room >= need {
+            self.reserved_bytes = bytes;
             return Ok(());
         }
         self.ensure_standby(need)?;
+        self.reserved_bytes = bytes;
         let standby = self.standby.as_mut().expect("standby just ensured");
         if standby.prefault_until == 0 {
-            let end = need.min(standby.capacity()).min(PREFAULT_WINDOW_MAX_BYTES);
+            let end = need.min(standby.allocated).min(PREFAULT_WINDOW_MAX_BYTES);
             if prefault_async(&standby.map, 0, end) {
                 standby.prefault_until = end;
             }
@@ -142,27 +154,40 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// The standby, made (or replaced by a bigger one) so that it holds at least `need` bytes.
+    /// The standby, made (or replaced by a bigger one) so that it holds at least `need` bytes,
+    /// and its first `need` bytes allocated (whole steps).
     fn ensure_standby(&mut self, need: u64) -> Result<&Standby, LogError> {
         if self.standby.as_ref().is_some_and(|standby| standby.capacity() < need) {
             self.standby = None;
         }
-        if self.standby.is_none() {
-            let capacity = self.segment_bytes_max().max(need).min(SEGMENT_BYTES_LIMIT);
-            self.standby = Some(self.allocate_standby(capacity)?);
+        let step = self.allocation_step();
+        match self.standby.as_mut() {
+            Some(standby) => {
+                let path = self.dir.join(STANDBY_NAME);
+                let capacity = standby.capacity();
+                allocate_prefix(&standby.file, &path, &mut standby.allocated, need, step, capacity)?;
+            }
+            None => {
+                let capacity = self.segment_bytes_max().max(need).min(SEGMENT_BYTES_LIMIT);
+                self.standby = Some(self.allocate_standby(capacity, need, step)?);
+            }
         }
         Ok(self.standby.as_ref().expect("standby just ensured"))
     }
 
-    fn allocate_standby(&self, capacity: u64) -> Result<Standby, LogError> {
+    /// A new standby file of `capacity` bytes (a hole) with `[0, need)` allocated in whole steps.
+    fn allocate_standby(&self, capacity: u64, need: u64, step: u64) -> Result<Standby, LogError> {
         let path = self.dir.join(STANDBY_NAME);
         let file = create_segment_file(&path)?;
-        let mapped = allocate(&file, &path, capacity)
+        let mut allocated = 0;
+        let mapped = set_length(&file, &path, capacity)
+            .and_then(|()| allocate_prefix(&file, &path, &mut allocated, need.max(1), step, capacity))
             .and_then(|()| Mapping::read_write(&file, capacity).map_err(io_error(&path)));
         match mapped {
             Ok(map) => Ok(Standby {
                 file,
                 map: Arc::new(map),
+                allocated,
                 prefault_until: 0,
             }),
             Err(error) => {
@@ -195,6 +220,7 @@ impl PartitionLog {
             active.seal(&dir);
         }
         let mut segment = Segment::new(path, standby.file, standby.map, base_index, base_offset, uid);
+        segment.allocated = standby.allocated;
         segment.prefault_until = standby.prefault_until;
         self.segments.push(segment);
         Ok(())
@@ -282,6 +308,7 @@ impl PartitionLog {
         Ok(Standby {
             file: segment.file,
             map: segment.map,
+            allocated: segment.allocated,
             prefault_until: 0,
         })
     }
@@ -310,14 +337,9 @@ impl PartitionLog {
         fs::rename(self.dir.join(STANDBY_NAME), &path).map_err(io_error(&path))?;
         sync_dir(&self.dir)?;
         let uid = self.take_uid();
-        self.segments = vec![Segment::new(
-            path,
-            standby.file,
-            standby.map,
-            base_index,
-            start.offset,
-            uid,
-        )];
+        let mut segment = Segment::new(path, standby.file, standby.map, base_index, start.offset, uid);
+        segment.allocated = standby.allocated;
+        self.segments = vec![segment];
         self.log_start = start;
         LogStartRecord {
             start,

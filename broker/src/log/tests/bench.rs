@@ -50,8 +50,10 @@ fn append_rate(batch: &[u8], resident: bool) -> f64 {
     };
     let (mut log, _) = open(dir.path(), config);
     if resident {
-        let map = &log.active().map;
-        map.prefault(0, map.len());
+        let step = log.allocation_step();
+        let active = log.active_mut();
+        active.allocate_to(active.capacity(), step).unwrap();
+        active.map.prefault(0, active.map.len());
     }
     let count = TOTAL_BYTES / batch.len();
     let start = Instant::now();
@@ -76,8 +78,11 @@ fn population_rate() -> f64 {
         segment_bytes_max: TOTAL_BYTES as u64,
         ..LogConfig::default()
     };
-    let (log, _) = open(dir.path(), config);
-    let map = &log.active().map;
+    let (mut log, _) = open(dir.path(), config);
+    let step = log.allocation_step();
+    let active = log.active_mut();
+    active.allocate_to(active.capacity(), step).unwrap();
+    let map = &active.map;
     let start = Instant::now();
     map.prefault(0, map.len());
     gigabytes_per_second(TOTAL_BYTES, start.elapsed())

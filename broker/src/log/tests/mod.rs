@@ -1,5 +1,6 @@
 //! Tests of the storage layer, one file per behaviour; shared helpers here.
 
+mod allocation;
 mod basic;
 mod bench;
 mod concurrency;

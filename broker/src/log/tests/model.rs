@@ -155,26 +155,17 @@ proptest! {
 
     #[test]
     fn random_operations_match_the_model(ops in prop::collection::vec(op(), 1..60)) {
-        let dir = tempfile::tempdir().unwrap();
-        let log_config = || LogConfig { index_interval_bytes: 128, ..small_config(2048) };
-        let (mut log, _) = open(dir.path(), log_config());
-        let (mut model, mut term) = (Vec::new(), 1u64);
-        for (serial, op) in ops.iter().enumerate() {
-            if let Op::Reopen { clean } = *op {
-                if clean {
-                    log.close().unwrap();
-                } else {
-                    drop(log);
-                }
-                let (reopened, report) = open(dir.path(), log_config());
-                prop_assert_eq!(report.truncated_bytes, 0);
-                prop_assert_eq!(report.clean_shutdown, clean);
-                log = reopened;
-            } else {
-                apply(&mut log, &mut model, &mut term, op, serial as u64);
-            }
-            check(&log, &model);
-        }
+        run_model(&ops, LogConfig { index_interval_bytes: 128, ..small_config(2048) })?;
+    }
+
+    /// Segments allocated in many small steps (a step is at least a page).
+    #[test]
+    fn random_operations_match_the_model_with_allocation_steps(ops in prop::collection::vec(op(), 1..60)) {
+        run_model(&ops, LogConfig {
+            index_interval_bytes: 128,
+            segment_allocation_step_bytes: 4096,
+            ..small_config(24 << 10)
+        })?;
     }
 
     #[test]
@@ -214,6 +205,30 @@ proptest! {
         }
         exercise(dir.path());
     }
+}
+
+fn run_model(ops: &[Op], log_config: LogConfig) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), log_config.clone());
+    let (mut model, mut term) = (Vec::new(), 1u64);
+    for (serial, op) in ops.iter().enumerate() {
+        if let Op::Reopen { clean } = *op {
+            if clean {
+                log.close().unwrap();
+            } else {
+                drop(log);
+            }
+            let (reopened, report) = open(dir.path(), log_config.clone());
+            prop_assert_eq!(report.truncated_bytes, 0);
+            prop_assert_eq!(report.clean_shutdown, clean);
+            log = reopened;
+        } else {
+            apply(&mut log, &mut model, &mut term, op, serial as u64);
+        }
+        check(&log, &model);
+        super::allocation::check_allocation(&log);
+    }
+    Ok(())
 }
 
 /// Opens whatever is in `dir`; if that works, reads everything and appends.
