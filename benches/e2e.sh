@@ -23,7 +23,7 @@ else
   rm -f "$work/probe"
 fi
 
-target/release/weir-broker --data-dir "$work/data" --listen 127.0.0.1:0 --log warn >"$work/broker.out" 2>"$work/broker.err" &
+target/release/weir-broker --data-dir "$work/data" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --log warn >"$work/broker.out" 2>"$work/broker.err" &
 broker_pid=$!
 for _ in $(seq 100); do grep -q "listening on" "$work/broker.out" 2>/dev/null && break; sleep 0.1; done
 address=$(sed -n 's/^weir-broker listening on \([^ ]*\).*/\1/p' "$work/broker.out")

@@ -59,7 +59,7 @@ echo "== $partitions partitions, RF=3, segment_bytes_max=${segment_bytes/#0/brok
 ports=($(free_port) $(free_port) $(free_port))
 peers="1=127.0.0.1:${ports[0]},2=127.0.0.1:${ports[1]},3=127.0.0.1:${ports[2]}"
 for i in 1 2 3; do
-  "$bin/weir-broker" --node-id $i --peers "$peers" --listen "127.0.0.1:${ports[$((i-1))]}" \
+  "$bin/weir-broker" --node-id $i --peers "$peers" --listen "127.0.0.1:${ports[$((i-1))]}" --http-listen 127.0.0.1:0 \
     --data-dir "$work/n$i" --log warn >"$work/n$i.log" 2>&1 &
   pids+=($!)
 done

@@ -22,6 +22,7 @@ pub struct Overrides {
     pub advertise: Option<String>,
     pub node_id: Option<u64>,
     pub peers: Option<String>,
+    pub http_listen: Option<String>,
 }
 
 /// The TOML file. Unknown keys are errors, so a typo does not silently keep a default.
@@ -34,6 +35,8 @@ struct FileConfig {
     node_id: Option<u64>,
     /// `1=host:port,2=host:port,...`: every node of the cluster, this one included.
     peers: Option<String>,
+    /// HOST:PORT of the HTTP endpoint (metrics, health); "" or "off" turns it off.
+    http_listen: Option<String>,
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
@@ -96,6 +99,8 @@ pub struct BrokerConfig {
     /// Every node's address (clients and peers use it), this one included; empty for a
     /// one-node cluster, which advertises its listen address.
     pub peers: BTreeMap<NodeId, String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere (off).
+    pub http_listen: Option<String>,
     pub limits: Limits,
     pub batch_bytes_max: u32,
     pub log: LogConfig,
@@ -150,6 +155,7 @@ impl BrokerConfig {
             advertise: overrides.advertise.or(file.advertise),
             node_id,
             peers,
+            http_listen: http_listen(overrides.http_listen.or(file.http_listen))?,
             limits: Limits {
                 request_bytes_max: l.request_bytes_max.unwrap_or(limit_defaults.request_bytes_max),
                 fetch_bytes_max: l.fetch_bytes_max.unwrap_or(limit_defaults.fetch_bytes_max),
@@ -306,6 +312,28 @@ impl BrokerConfig {
     }
 }
 
+/// Default of `http_listen`: next to the default gRPC port, on loopback only.
+pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:9393";
+
+/// `http_listen`: unset gives the default, "" or "off" turns the endpoint off, anything else
+/// must look like HOST:PORT (whether it can be bound is found out at start).
+fn http_listen(value: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(Some(HTTP_LISTEN_DEFAULT.to_string()));
+    };
+    let value = value.trim();
+    if value.is_empty() || value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(Some(value.to_string())),
+        _ => Err(invalid(
+            "http_listen",
+            format!("'{value}' is not HOST:PORT (or \"off\" to turn the HTTP endpoint off)"),
+        )),
+    }
+}
+
 /// `1=host:port,2=host:port`: node ids and the addresses clients and peers reach them at.
 fn parse_peers(list: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
     let mut peers = BTreeMap::new();
@@ -403,6 +431,25 @@ mod tests {
         })
         .unwrap_err();
         assert!(error.to_string().contains("segment_allocation_step_bytes"), "{error}");
+    }
+
+    #[test]
+    fn http_listen_defaults_turns_off_and_is_checked() {
+        let load = |http_listen: Option<&str>| {
+            BrokerConfig::load(Overrides {
+                http_listen: http_listen.map(str::to_string),
+                ..Default::default()
+            })
+        };
+        assert_eq!(load(None).unwrap().http_listen.as_deref(), Some("127.0.0.1:9393"));
+        assert_eq!(
+            load(Some("0.0.0.0:0")).unwrap().http_listen.as_deref(),
+            Some("0.0.0.0:0")
+        );
+        assert_eq!(load(Some("off")).unwrap().http_listen, None);
+        assert_eq!(load(Some("")).unwrap().http_listen, None);
+        let error = load(Some("9393")).unwrap_err();
+        assert!(error.to_string().contains("http_listen"), "{error}");
     }
 
     #[test]

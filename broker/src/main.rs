@@ -33,6 +33,10 @@ struct Args {
     /// broker is a one-node cluster.
     #[arg(long, env = "WEIR_PEERS")]
     peers: Option<String>,
+    /// Address of the HTTP endpoint (/metrics, /healthz, /readyz) [default: 127.0.0.1:9393];
+    /// port 0 picks a free port, "off" (or "") turns it off.
+    #[arg(long, env = "WEIR_HTTP_LISTEN")]
+    http_listen: Option<String>,
     /// Log filter (tracing EnvFilter syntax), e.g. info or weir_broker=debug,raft=info.
     #[arg(long, env = "WEIR_LOG", default_value = "info")]
     log: String,
@@ -52,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         advertise: args.advertise,
         node_id: args.node_id,
         peers: args.peers,
+        http_listen: args.http_listen,
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -64,6 +69,11 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let node = Node::start(config).await?;
+    // Printed before the "listening on" line, so that whoever waits for that one has seen it.
+    if let Some(http) = node.http_address() {
+        println!("weir-broker http on {http} (/metrics, /healthz, /readyz)");
+        tracing::info!(address = %http, "HTTP endpoint serving");
+    }
     // Scripts and tests wait for this line (and read the port from it when listening on :0).
     println!(
         "weir-broker listening on {} (data in {})",

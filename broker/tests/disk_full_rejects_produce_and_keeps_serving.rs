@@ -52,7 +52,15 @@ impl Drop for Broker {
 
 fn start_broker(data: &Path, config: &Path) -> (Broker, String) {
     let mut child = Command::new(BROKER)
-        .args(["--listen", "127.0.0.1:0", "--log", "warn", "--config"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--log",
+            "warn",
+            "--config",
+        ])
         .arg(config)
         .arg("--data-dir")
         .arg(data)

@@ -6,10 +6,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
+/// Every broker here serves HTTP on a free port (flags override it): brokers of tests running
+/// side by side must not compete for the default port.
+const HTTP_LISTEN_ENV: (&str, &str) = ("WEIR_HTTP_LISTEN", "127.0.0.1:0");
 
 fn run_to_exit(args: &[&str]) -> (bool, String) {
     let output = Command::new(BROKER)
         .args(args)
+        .env(HTTP_LISTEN_ENV.0, HTTP_LISTEN_ENV.1)
         .stdin(Stdio::null())
         .output()
         .expect("run weir-broker");
@@ -60,6 +64,7 @@ fn second_broker_on_same_data_dir_is_refused() {
     let data = dir.path().to_str().unwrap();
     let mut first = Command::new(BROKER)
         .args(["--data-dir", data, "--listen", "127.0.0.1:0"])
+        .env(HTTP_LISTEN_ENV.0, HTTP_LISTEN_ENV.1)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -110,4 +115,30 @@ fn controller_snapshot_of_an_unknown_version_is_a_clear_error() {
     assert!(!ok);
     assert!(stderr.contains("format version 9"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn http_port_in_use_names_the_setting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stderr) = run_to_exit(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        &address,
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("http_listen") && stderr.contains("--http-listen") && stderr.contains(&address),
+        "{stderr}"
+    );
+    let (ok, stderr) = run_to_exit(&["--data-dir", dir.path().to_str().unwrap(), "--http-listen", "9393"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("http_listen") && stderr.contains("HOST:PORT"),
+        "{stderr}"
+    );
 }

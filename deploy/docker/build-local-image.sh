@@ -41,7 +41,7 @@ fi
 # (the absolute path ldd prints without "=>"). vdso has no file.
 libraries=$(ldd "$broker" "$cli" | awk '
     $2 == "=>" && $3 ~ /^\// { print $3 }
-    $1 ~ /^\// { print $1 }' | sort -u)
+    $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u)
 if [[ -z $libraries ]]; then
     echo "build-local-image: ldd found no libraries (a static binary needs none)" >&2
 fi

@@ -41,6 +41,11 @@ pub struct BrokerProcess {
     data_dir: PathBuf,
     log_path: PathBuf,
     address: SocketAddr,
+    /// The HTTP endpoint's address (`/metrics`, `/healthz`, `/readyz`) as the broker printed
+    /// it; `None` when it is off. Unless the test passes `--http-listen` itself, the broker
+    /// gets `--http-listen 127.0.0.1:0`, so that brokers on one machine never compete for the
+    /// default port.
+    http_address: Option<SocketAddr>,
     /// What `--listen` gets: `127.0.0.1:0` unless the test fixed the port (cluster nodes must
     /// know each other's addresses before they start).
     listen: String,
@@ -105,6 +110,7 @@ impl BrokerProcess {
             data_dir,
             log_path,
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_address: None,
             listen: listen.to_owned(),
             extra_args: extra_args.into_iter().map(Into::into).collect(),
             command_prefix: command_prefix.into_iter().map(Into::into).collect(),
@@ -126,6 +132,17 @@ impl BrokerProcess {
     /// The address the broker listens on.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The address of the HTTP endpoint, when it is on.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http_address
+    }
+
+    /// `GET path` on the HTTP endpoint: (status code, body).
+    pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        let address = self.http_address.context("the broker's HTTP endpoint is off")?;
+        http_get(address, path)
     }
 
     /// `127.0.0.1:PORT`, as `--bootstrap` and `ClientConfig::new` take it.
@@ -283,6 +300,9 @@ impl BrokerProcess {
             }
             None => Command::new(&binary),
         };
+        if !self.extra_args.iter().any(|arg| arg == "--http-listen") {
+            command.args(["--http-listen", "127.0.0.1:0"]);
+        }
         command
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -302,6 +322,7 @@ impl BrokerProcess {
         let stdout = child.stdout.take().context("the broker's stdout is not piped")?;
         self.child = Some(child);
         let lines = forward_stdout(stdout, log)?;
+        self.http_address = None;
         self.address = self.wait_listening(&lines)?;
         Ok(())
     }
@@ -314,6 +335,10 @@ impl BrokerProcess {
                 .min(Duration::from_millis(100));
             match lines.recv_timeout(slice) {
                 Ok(line) => {
+                    // The broker prints its HTTP line (if on) before the listening line.
+                    if let Some(http) = parse_http(&line) {
+                        self.http_address = Some(http);
+                    }
                     if let Some(address) = parse_listening(&line) {
                         return Ok(address);
                     }
@@ -408,9 +433,57 @@ fn parse_listening(line: &str) -> Option<SocketAddr> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// The address in `weir-broker http on 127.0.0.1:PORT (...)`.
+fn parse_http(line: &str) -> Option<SocketAddr> {
+    let rest = line.strip_prefix("weir-broker http on ")?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// A plain HTTP/1.1 GET (one request, then the connection closes), bounded by 10 s: (status
+/// code, body). Enough for the broker's endpoint, which answers with a full body at once.
+pub fn http_get(address: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::Read as _;
+    let timeout = Duration::from_secs(10);
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)
+        .with_context(|| format!("connecting to http://{address}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .with_context(|| format!("reading the answer to GET http://{address}{path}"))?;
+    let response = String::from_utf8(response).context("the answer is not UTF-8")?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no end of headers in {response:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status code in {head:?}"))?;
+    if head
+        .lines()
+        .any(|line| line.eq_ignore_ascii_case("transfer-encoding: chunked"))
+    {
+        bail!("GET http://{address}{path}: chunked answers are not supported here");
+    }
+    Ok((status, body.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_line_parses() {
+        let line = "weir-broker http on 127.0.0.1:40124 (/metrics, /healthz, /readyz)";
+        assert_eq!(parse_http(line), Some(SocketAddr::from(([127, 0, 0, 1], 40124))));
+        assert_eq!(parse_http("weir-broker listening on 127.0.0.1:1 (data in x)"), None);
+    }
 
     #[test]
     fn listening_line_parses() {

@@ -18,6 +18,10 @@
 //!   them together, kill and restart a node, each node's own view of a topic (leader, high
 //!   watermark), the partition leader, waits for node states and replica catch-up; kill every
 //!   node at once and restart them together; nodes on other addresses ([`cluster::NodeSpec`]).
+//! - [`docker`]: the deployment kit on the machine's Docker engine: the local image
+//!   ([`docker::LocalImage`]) and `deploy/docker-compose.yml` under a project of the test's own
+//!   ([`docker::ComposeCluster`]: free ports and subnet, kill, start, network disconnect, per-node
+//!   views through the published ports; `down -v` on drop).
 //! - [`history`]: the history checker of RELIABILITY.md for produce histories (lost,
 //!   inconsistent, duplicate, aborted read, non-monotonic send, real-time order, gaps).
 //! - [`load`]: steady produce load recorded in a [`history::History`] (sequential writers per
@@ -40,6 +44,7 @@ pub mod binaries;
 pub mod broker;
 pub mod cli;
 pub mod cluster;
+pub mod docker;
 pub mod history;
 pub mod load;
 pub mod netns;
