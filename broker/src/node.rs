@@ -23,6 +23,8 @@ pub enum NodeError {
     Locked(PathBuf),
     #[error("cannot listen on {address}: {source}")]
     Listen { address: String, source: std::io::Error },
+    #[error("cannot serve HTTP on {address} (setting http_listen, --http-listen, WEIR_HTTP_LISTEN; \"off\" turns it off): {source}")]
+    HttpListen { address: String, source: std::io::Error },
     #[error(transparent)]
     Raft(#[from] RaftError),
     #[error(transparent)]
@@ -46,6 +48,10 @@ pub struct Node {
     cluster: Arc<Cluster>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     stop_server: tokio::sync::oneshot::Sender<()>,
+    /// The HTTP endpoint (metrics, health), when it is on: its address and task.
+    http: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    /// What `/readyz` reports about the server.
+    health: Arc<server::Health>,
     /// Held for the life of the process: an exclusive lock on the data directory.
     _lock: File,
 }
@@ -69,6 +75,10 @@ impl Node {
                 source,
             })?;
         let address = listener.local_addr().map_err(io_error(&config.data_dir))?;
+        let http_listener = match &config.http_listen {
+            Some(http) => Some(bind_http(http).await?),
+            None => None,
+        };
         let advertised = config.advertise.clone().unwrap_or_else(|| address.to_string());
         let (cluster_id, nodes) = if config.peers.is_empty() {
             (
@@ -104,13 +114,32 @@ impl Node {
         let shutdown = async {
             let _ = stopped.await;
         };
+        let metrics = Arc::new(server::RequestMetrics::new());
+        let health = Arc::new(server::Health::default());
         let server = tokio::spawn(server::serve(
             listener,
             cluster.clone(),
-            transport,
+            transport.clone(),
             config.limits.clone(),
+            metrics.clone(),
             shutdown,
         ));
+        health.set_serving(true);
+        let http = match http_listener {
+            Some(http_listener) => {
+                let http_address = http_listener.local_addr().map_err(io_error(&config.data_dir))?;
+                let state = Arc::new(server::HttpState {
+                    cluster: cluster.clone(),
+                    transport,
+                    metrics,
+                    health: health.clone(),
+                    data_dir: config.data_dir.clone(),
+                });
+                let task = tokio::spawn(server::serve_http(http_listener, state, std::future::pending()));
+                Some((http_address, task))
+            }
+            None => None,
+        };
         if !cluster.wait_ready(READY_WAIT).await {
             tracing::warn!("serving before catching up with the controller (no controller quorum yet)");
         }
@@ -120,6 +149,8 @@ impl Node {
             cluster,
             server,
             stop_server,
+            http,
+            health,
             _lock: lock,
         })
     }
@@ -127,6 +158,11 @@ impl Node {
     /// The address the server is bound to (the real port when configured with port 0).
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The address of the HTTP endpoint (the real port when configured with port 0), if on.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(address, _)| *address)
     }
 
     pub fn cluster(&self) -> &Arc<Cluster> {
@@ -140,6 +176,8 @@ impl Node {
         let result = tokio::select! {
             result = &mut server => result,
             _ = shutdown => {
+                // Readiness fails first, so that load balancers stop sending clients here.
+                self.health.set_stopping();
                 self.cluster.hand_over_leadership(DRAIN_WAIT).await;
                 let _ = self.stop_server.send(());
                 match tokio::time::timeout(FINISH_WAIT, &mut server).await {
@@ -152,9 +190,14 @@ impl Node {
                 }
             }
         };
+        self.health.set_serving(false);
         tracing::info!("server stopped; closing partitions");
         drop(self.cluster);
         stop_driver(self.driver).await;
+        // Liveness answers until the logs are closed.
+        if let Some((_, task)) = self.http {
+            task.abort();
+        }
         match result {
             Ok(served) => served.map_err(NodeError::from),
             Err(_) => Ok(()),
@@ -164,6 +207,15 @@ impl Node {
 
 async fn stop_driver(driver: Arc<RaftDriver>) {
     let _ = tokio::task::spawn_blocking(move || driver.shutdown()).await;
+}
+
+async fn bind_http(address: &str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| NodeError::HttpListen {
+            address: address.to_string(),
+            source,
+        })
 }
 
 /// Takes an exclusive, non-blocking lock on `DATA_DIR/.lock`: two brokers on one directory

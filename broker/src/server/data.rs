@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use weir_proto::v1::{self, list_offsets_request::Spec, weir_server::Weir};
 
+use super::metrics::RequestMetrics;
 use super::status::{from_cluster, from_log, from_propose, not_leader, out_of_range};
 use super::{forwarded, Limits, PeerChannels, Stopping, FORWARDED_KEY, PEER_QUESTION_TIMEOUT};
 use crate::cluster::{validate_topic_name, Cluster, PartitionReplica};
@@ -24,6 +25,7 @@ pub struct DataService {
     pub limits: Arc<Limits>,
     pub stopping: Stopping,
     pub peers: Arc<PeerChannels>,
+    pub metrics: Arc<RequestMetrics>,
 }
 
 impl DataService {
@@ -146,10 +148,9 @@ fn concat(slices: Vec<Bytes>) -> Bytes {
 
 type FetchStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl Weir for DataService {
-    async fn produce(&self, request: Request<v1::ProduceRequest>) -> Result<Response<v1::ProduceResponse>, Status> {
-        let request = request.into_inner();
+impl DataService {
+    /// Validates, proposes and waits for the commit of one produced batch.
+    async fn produce_once(&self, request: v1::ProduceRequest) -> Result<v1::ProduceResponse, Status> {
         let replica = self.replica(&request.topic, request.partition)?;
         let limit = replica.batch_bytes_max as usize;
         if request.batch.len() > limit {
@@ -190,29 +191,15 @@ impl Weir for DataService {
             Ok(Err(_)) => return Err(Status::aborted("the partition replica stopped; the outcome is unknown")),
             Ok(Ok(result)) => result.map_err(|e| from_propose(e, address))?,
         };
-        Ok(Response::new(v1::ProduceResponse {
+        Ok(v1::ProduceResponse {
             base_offset: committed.base_offset.0,
             record_count: header.record_count,
             high_watermark: replica.group.progress().high_watermark.0.max(committed.next_offset.0),
-        }))
+        })
     }
 
-    async fn fetch(&self, request: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
-        let request = request.into_inner();
-        let replica = self.replica(&request.topic, request.partition)?;
-        let (max_bytes, wait) = self.fetch_params(&request);
-        self.fetch_once(&replica, request.offset, max_bytes, wait, request.from_replica)
-            .await
-            .map(Response::new)
-    }
-
-    type FetchStreamStream = FetchStream;
-
-    async fn fetch_stream(
-        &self,
-        request: Request<v1::FetchRequest>,
-    ) -> Result<Response<Self::FetchStreamStream>, Status> {
-        let request = request.into_inner();
+    /// Opens a FetchStream: a task long-polls the partition and sends what arrives.
+    fn open_fetch_stream(&self, request: v1::FetchRequest) -> Result<FetchStream, Status> {
         let replica = self.replica(&request.topic, request.partition)?;
         if request.from_replica {
             self.serving_check(&replica)?;
@@ -237,6 +224,7 @@ impl Weir for DataService {
                     Ok(response) if response.batches.is_empty() => continue,
                     Ok(response) => {
                         offset = response.next_offset;
+                        service.metrics.fetch_bytes.inc_by(response.batches.len() as u64);
                         false
                     }
                     Err(_) => true,
@@ -246,7 +234,60 @@ impl Weir for DataService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Box::pin(ReceiverStream::new(receiver)))
+    }
+}
+
+#[tonic::async_trait]
+impl Weir for DataService {
+    async fn produce(&self, request: Request<v1::ProduceRequest>) -> Result<Response<v1::ProduceResponse>, Status> {
+        let started = Instant::now();
+        let bytes = request.get_ref().batch.len() as u64;
+        let result = self.produce_once(request.into_inner()).await;
+        let metrics = &self.metrics;
+        match &result {
+            Ok(response) => {
+                metrics.produce_bytes.inc_by(bytes);
+                metrics.produce_records.inc_by(u64::from(response.record_count));
+                metrics.produce.record(started, tonic::Code::Ok);
+            }
+            Err(status) => metrics.produce.record(started, status.code()),
+        }
+        result.map(Response::new)
+    }
+
+    async fn fetch(&self, request: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let result = match self.replica(&request.topic, request.partition) {
+            Ok(replica) => {
+                let (max_bytes, wait) = self.fetch_params(&request);
+                self.fetch_once(&replica, request.offset, max_bytes, wait, request.from_replica)
+                    .await
+            }
+            Err(status) => Err(status),
+        };
+        match &result {
+            Ok(response) => {
+                self.metrics.fetch_bytes.inc_by(response.batches.len() as u64);
+                self.metrics.fetch.record(started, tonic::Code::Ok);
+            }
+            Err(status) => self.metrics.fetch.record(started, status.code()),
+        }
+        result.map(Response::new)
+    }
+
+    type FetchStreamStream = FetchStream;
+
+    async fn fetch_stream(
+        &self,
+        request: Request<v1::FetchRequest>,
+    ) -> Result<Response<Self::FetchStreamStream>, Status> {
+        let result = self.open_fetch_stream(request.into_inner());
+        self.metrics
+            .fetch_stream
+            .count(result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
+        result.map(Response::new)
     }
 
     async fn list_offsets(

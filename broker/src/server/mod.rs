@@ -4,13 +4,20 @@
 //! Limits: request size (`request_bytes_max`), connections (`connections_max`: further
 //! connections are closed at once), concurrent streams per connection, fetch size and wait,
 //! produce timeout, buffered responses per fetch stream.
+//!
+//! `http` serves `/metrics`, `/healthz` and `/readyz` on a port of their own; `metrics` holds
+//! the request counters and histograms the data handlers record.
 
 mod admin;
 mod connections;
 mod data;
+mod http;
+mod metrics;
 mod status;
 mod transport;
 
+pub use http::{serve_http, Health, HttpState};
+pub use metrics::RequestMetrics;
 pub use transport::PeerTransport;
 
 use std::net::SocketAddr;
@@ -115,6 +122,7 @@ pub async fn serve(
     cluster: Arc<Cluster>,
     transport: Arc<PeerTransport>,
     limits: Limits,
+    metrics: Arc<RequestMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let peers = Arc::new(peer_channels(&cluster));
@@ -129,6 +137,7 @@ pub async fn serve(
         limits: Arc::new(limits.clone()),
         stopping: stopping.clone(),
         peers: peers.clone(),
+        metrics,
     };
     let raft = transport::RaftService {
         node_id: cluster.node_id(),
