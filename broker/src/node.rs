@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::cluster::{Cluster, ClusterConfig, ClusterError};
 use crate::config::BrokerConfig;
 use crate::raft::{RaftConfig, RaftDriver, RaftError};
-use crate::server::{self, PeerTransport};
+use crate::server::{self, Announce, PeerTransport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -88,7 +88,14 @@ impl Node {
         } else {
             (peers_cluster_id(&config.peers), config.peers.clone())
         };
-        let transport = PeerTransport::start(config.node_id, &nodes);
+        // With --peers, the peers list says where peers reach each node; --advertise (announced
+        // to the peers) says where clients do, when that differs (containers, NAT).
+        let announce = Announce(if config.peers.is_empty() {
+            String::new()
+        } else {
+            config.advertise.clone().unwrap_or_default()
+        });
+        let transport = PeerTransport::start(config.node_id, &nodes, announce.clone());
         let raft_config = RaftConfig {
             node_id: config.node_id,
             ..config.raft.clone()
@@ -104,6 +111,10 @@ impl Node {
             controller_snapshot_entries: crate::cluster::CONTROLLER_SNAPSHOT_ENTRIES,
         };
         let cluster = match Cluster::start(cluster_config, driver.clone()).await {
+            Ok(cluster) if !announce.0.is_empty() => {
+                cluster.set_client_address(config.node_id, &announce.0);
+                cluster
+            }
             Ok(cluster) => cluster,
             Err(error) => {
                 stop_driver(driver).await;

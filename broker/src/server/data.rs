@@ -35,10 +35,9 @@ impl DataService {
     }
 
     fn address_of(&self, node: NodeId) -> Option<String> {
-        self.cluster.nodes().get(&node).cloned()
+        self.cluster.client_address(node)
     }
 
-    /// Only the leader serves: followers answer with where the leader is.
     /// The replica may serve: it has not failed.
     fn serving_check(&self, replica: &PartitionReplica) -> Result<(), Status> {
         match replica.group.progress().failure {
@@ -50,6 +49,7 @@ impl DataService {
         }
     }
 
+    /// Only the leader serves: followers answer with where the leader is.
     fn leader_check(&self, replica: &PartitionReplica) -> Result<(), Status> {
         self.serving_check(replica)?;
         let progress = replica.group.progress();

@@ -18,7 +18,7 @@ mod transport;
 
 pub use http::{serve_http, Health, HttpState};
 pub use metrics::RequestMetrics;
-pub use transport::PeerTransport;
+pub use transport::{Announce, PeerTransport};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,12 +59,9 @@ impl Default for Limits {
 
 fn brokers(cluster: &Cluster) -> Vec<weir_proto::v1::BrokerInfo> {
     cluster
-        .nodes()
-        .iter()
-        .map(|(id, address)| weir_proto::v1::BrokerInfo {
-            node_id: id.0,
-            address: address.clone(),
-        })
+        .client_addresses()
+        .into_iter()
+        .map(|(id, address)| weir_proto::v1::BrokerInfo { node_id: id.0, address })
         .collect()
 }
 
@@ -143,6 +140,7 @@ pub async fn serve(
         node_id: cluster.node_id(),
         driver: cluster.driver().clone(),
         transport: transport.clone(),
+        cluster: cluster.clone(),
         stopping,
     };
     let admin = admin::AdminService {
