@@ -400,20 +400,20 @@ impl Group {
         if !self.is_leader() || self.failure.is_some() {
             return;
         }
-        let raft = &self.node.raft;
-        let me = raft.id;
-        let target = raft
-            .prs()
-            .iter()
-            .filter(|(id, _)| {
-                **id != me && raft.prs().conf().voters().contains(**id) && connected_for(NodeId(**id)).is_some()
-            })
-            .max_by_key(|(_, p)| p.matched)
-            .map(|(id, _)| *id);
-        if let Some(target) = target {
-            tracing::info!(group = %self.id, to = target, "handing leadership over before stopping");
-            self.node.transfer_leader(target);
+        if let Some(target) = self.most_caught_up_voter(|node| connected_for(node).is_some()) {
+            tracing::info!(group = %self.id, to = %target, "handing leadership over before stopping");
+            self.node.transfer_leader(target.0);
         }
+    }
+
+    /// The other voter with the longest log among those `eligible` says may take over.
+    fn most_caught_up_voter(&self, eligible: impl Fn(NodeId) -> bool) -> Option<NodeId> {
+        let raft = &self.node.raft;
+        raft.prs()
+            .iter()
+            .filter(|(id, _)| **id != raft.id && raft.prs().conf().voters().contains(**id) && eligible(NodeId(**id)))
+            .max_by_key(|(_, progress)| progress.matched)
+            .map(|(id, _)| NodeId(*id))
     }
 
     /// Proposes one entry; the reply completes when it is persisted (Leader) or committed (All).
@@ -452,10 +452,24 @@ impl Group {
             });
         }
         let needed = self.unappended_bytes + bytes + HEADER_LEN as u64;
-        write_log(self.log()).reserve(needed).map_err(|error| match error {
-            LogError::DiskFull { .. } => ProposeError::DiskFull(error.to_string()),
+        let reserved = write_log(self.log()).reserve(needed);
+        reserved.map_err(|error| match error {
+            LogError::DiskFull { .. } => {
+                self.hand_over_for_lack_of_space();
+                ProposeError::DiskFull(error.to_string())
+            }
             other => ProposeError::Failed(other.to_string()),
         })
+    }
+
+    /// A leader whose disk is full cannot take writes, but its followers may: it hands
+    /// leadership to the one with the longest log (which does the same if it is full too). The
+    /// balancer gives leadership back once this node has room and has caught up again.
+    fn hand_over_for_lack_of_space(&mut self) {
+        if let Some(target) = self.most_caught_up_voter(|_| true) {
+            tracing::warn!(group = %self.id, to = %target, "disk full: handing leadership to a follower");
+            self.node.transfer_leader(target.0);
+        }
     }
 
     /// Steps 2-5 of raft-rs's ready handling for this group: snapshot, committed entries, new
