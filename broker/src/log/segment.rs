@@ -39,6 +39,9 @@ pub(super) struct Segment {
     /// the file system to find a block, SIGBUS on a full disk). Never below `len`; only grows
     /// for a given mapping (the prefaulter may still work on an older, larger range).
     pub(super) allocated: u64,
+    /// The prefaulter's last attempt to allocate ahead of the writer failed (full disk): no more
+    /// attempts until an allocation the writer needs succeeds.
+    pub(super) allocate_ahead_failed: bool,
     /// `base_index - 1` while the segment is empty.
     pub(super) last_index: RaftIndex,
     pub(super) last_term: Term,
@@ -78,6 +81,7 @@ impl Segment {
             base_offset,
             len: 0,
             allocated: 0,
+            allocate_ahead_failed: false,
             last_index: RaftIndex(base_index.0.saturating_sub(1)),
             last_term: Term(0),
             next_offset: base_offset,
@@ -99,8 +103,12 @@ impl Segment {
     /// Makes sure `[0, end)` (at most the capacity) has its blocks, allocating the missing part
     /// in whole `step`s. `DiskFull` on a full disk, and then nothing changed.
     pub(super) fn allocate_to(&mut self, end: u64, step: u64) -> Result<(), LogError> {
-        let capacity = self.capacity();
-        allocate_prefix(&self.file, &self.path, &mut self.allocated, end, step, capacity)
+        let (capacity, before) = (self.capacity(), self.allocated);
+        allocate_prefix(&self.file, &self.path, &mut self.allocated, end, step, capacity)?;
+        if self.allocated > before {
+            self.allocate_ahead_failed = false;
+        }
+        Ok(())
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -159,12 +167,16 @@ impl Segment {
 
     /// Keeps the background prefaulter ahead of `reach`, the position the writer will soon reach
     /// (the data end, or where a reservation ends). One comparison when nothing needs doing.
+    ///
     /// Only the allocated prefix is faulted in: MADV_POPULATE_WRITE on a hole would allocate
-    /// blocks behind the log's back (and fail on a full disk).
-    pub(super) fn prefault_ahead(&mut self, reach: u64) {
-        let limit = self.allocated;
+    /// blocks behind the log's back (and fail on a full disk). A window that reaches past the
+    /// prefix first allocates the steps it needs (`step`), best effort: otherwise the writer
+    /// would fault its own pages at the start of every step. On a full disk the window stops at
+    /// the prefix, and no more attempts are made until an allocation the writer needs succeeds.
+    pub(super) fn prefault_ahead(&mut self, reach: u64, step: u64) {
+        let capacity = self.capacity();
         let half_window = self.prefault_until.saturating_sub(self.prefault_mark) / 2;
-        if !self.writable || self.prefault_until >= limit || reach + half_window <= self.prefault_until {
+        if !self.writable || self.prefault_until >= capacity || reach + half_window <= self.prefault_until {
             return;
         }
         let advanced = reach.saturating_sub(self.prefault_mark);
@@ -174,7 +186,14 @@ impl Segment {
         // When the writer has caught up, leave it the next quarter window: both faulting the same
         // pages would only make them wait on each other; split, they fault in parallel.
         let start = self.prefault_until.max(reach.saturating_add(window / 4)).max(self.len);
-        let end = reach.saturating_add(window).min(limit);
+        let mut end = reach.saturating_add(window).min(capacity);
+        if end > self.allocated && !self.allocate_ahead_failed {
+            if let Err(error) = self.allocate_to(end, step) {
+                tracing::debug!(path = %self.path.display(), %error, "no allocation ahead of the writer");
+                self.allocate_ahead_failed = true;
+            }
+        }
+        end = end.min(self.allocated);
         if start >= end {
             return;
         }

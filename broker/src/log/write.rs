@@ -118,7 +118,7 @@ impl PartitionLog {
         let base_offset = active.next_offset;
         active.write_batch(bytes, restamp, interval)?;
         active.first_append_ms.get_or_insert_with(now_ms);
-        active.prefault_ahead(active.len);
+        active.prefault_ahead(active.len, step);
         Ok(AppendInfo {
             base_offset,
             next_offset: active.next_offset,
@@ -137,7 +137,7 @@ impl PartitionLog {
         let (tail, room) = (active.len, active.capacity() - active.len);
         // The appends that still fit in the active segment end by `tail + need` at the latest.
         active.allocate_to(tail.saturating_add(need), step)?;
-        active.prefault_ahead(tail.saturating_add(bytes));
+        active.prefault_ahead(tail.saturating_add(bytes), step);
         if room >= need {
             self.reserved_bytes = bytes;
             return Ok(());

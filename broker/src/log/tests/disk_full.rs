@@ -198,7 +198,7 @@ fn a_step_that_does_not_fit_is_disk_full_from_reserve_and_loses_nothing() {
 }
 
 #[test]
-fn data_ending_at_the_allocated_prefix_reopens_on_a_full_disk() {
+fn data_ending_before_a_hole_reopens_on_a_full_disk() {
     // The page after the data is a hole: recovery must not read it (tmpfs allocates a page for
     // a read fault on a hole of a shared mapping, SIGBUS when it is full).
     let Some(tmpfs) = Tmpfs::mount("4m") else {
@@ -212,13 +212,25 @@ fn data_ending_at_the_allocated_prefix_reopens_on_a_full_disk() {
     };
     let (mut log, _) = open(&dir, config.clone());
     append_records(&mut log, 1, 4, 0, 0);
-    // A control entry that fills the allocated prefix exactly.
+    // A control entry that ends the data at a page boundary, and the rest of the file a hole
+    // (as when the data ends exactly at the allocated prefix).
     let active = log.active();
-    let payload = vec![7u8; (active.allocated - active.len) as usize - weir_proto::batch::HEADER_LEN];
+    let header = weir_proto::batch::HEADER_LEN as u64;
+    let payload = vec![7u8; ((active.len + header).next_multiple_of(4096) - active.len - header) as usize];
     append_control(&mut log, 1, BatchKind::ConfChange, &payload);
     let active = log.active();
-    assert_eq!(active.len, active.allocated);
     assert_eq!(active.len % 4096, 0);
+    let (len, capacity) = (active.len, active.capacity());
+    // SAFETY: a plain system call on a descriptor the log owns; the range is past the data.
+    let punched = unsafe {
+        libc::fallocate(
+            std::os::unix::io::AsRawFd::as_raw_fd(&active.file),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            len as libc::off_t,
+            (capacity - len) as libc::off_t,
+        )
+    };
+    assert_eq!(punched, 0);
     let filler = fill(&tmpfs.path);
     drop(log);
     let (mut log, report) = open(&dir, config.clone());
