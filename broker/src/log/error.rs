@@ -57,6 +57,15 @@ impl LogError {
         matches!(self, Self::DiskFull { .. })
     }
 
+    /// A full disk or quota, whether met while allocating a segment or writing a small file.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Self::DiskFull { .. } => true,
+            Self::Io { source, .. } => matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)),
+            _ => false,
+        }
+    }
+
     pub(super) fn corrupt(path: &Path, position: u64, reason: impl Into<String>) -> Self {
         Self::Corrupt {
             path: path.to_path_buf(),

@@ -77,7 +77,15 @@ impl PartitionLog {
             .checkpoint_written_at
             .is_none_or(|at| at.elapsed() >= CHECKPOINT_INTERVAL);
         if frontier != self.checkpoint && (moved_segment || due) {
-            self.write_checkpoint(frontier)?;
+            if let Err(error) = self.write_checkpoint(frontier) {
+                // Moving the checkpoint forward only shortens the next recovery; a full disk
+                // must not take the replica out of service for it. Retried after the interval.
+                if !error.is_out_of_space() {
+                    return Err(error);
+                }
+                tracing::warn!(dir = %self.dir.display(), %error, "checkpoint not moved forward: disk full");
+                self.checkpoint_written_at = Some(Instant::now());
+            }
         }
         Ok(())
     }
