@@ -75,9 +75,9 @@ pub(super) struct Stop {
 /// before `crc_from`, full checks (framing and CRC) from there on, continuity always. Each good
 /// batch is added to the segment and advances `cursor`.
 ///
-/// Bytes past the last data region are not read: they are a hole (zeros), the unallocated part
-/// of an active segment, and reading a hole through a shared mapping makes tmpfs allocate a
-/// page, which on a full tmpfs is SIGBUS. A batch that reaches into the hole is torn.
+/// Bytes past the first hole are not read: a hole (zeros) is the unallocated part of an active
+/// segment, and reading a hole through a shared mapping makes tmpfs allocate a page, which on a
+/// full tmpfs is SIGBUS. A batch that reaches into the hole is torn.
 pub(super) fn walk(segment: &mut Segment, crc_from: u64, cursor: &mut Cursor, interval_bytes: u32) -> Stop {
     let map = Arc::clone(&segment.map);
     let file_len = map.len();
@@ -120,9 +120,14 @@ pub(super) fn walk(segment: &mut Segment, crc_from: u64, cursor: &mut Cursor, in
     }
 }
 
-/// End of the last region of `[from, to)` that may hold data, or `from` when there is none.
+/// End of the data that follows `from` without a hole (`from` when a hole starts there): a walk
+/// reads no further. The allocated prefix of a segment has no holes, so this is where written
+/// data ends; a hole inside it (a damaged file) ends the walk like a torn tail would.
 pub(super) fn data_end(file: &File, from: u64, to: u64) -> u64 {
-    data_regions(file, from, to).last().map_or(from, |&(_, stop)| stop)
+    match data_regions(file, from, to).first() {
+        Some(&(start, stop)) if start <= from => stop,
+        _ => from,
+    }
 }
 
 /// End of the last non-zero byte in `[from, map.len())`, or `from` when all are zero. See
