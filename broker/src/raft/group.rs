@@ -357,6 +357,12 @@ impl Group {
         })
     }
 
+    /// Whether the visible entry (committed and persisted here) is of the current term.
+    fn committed_in_own_term(&self) -> bool {
+        let raft = &self.node.raft;
+        raft.raft_log.term(self.visible_index.0).is_ok_and(|term| term == raft.term)
+    }
+
     fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
     }
@@ -667,8 +673,11 @@ impl Group {
             log_start: log.start_offset(),
             leader: self.leader(),
             role: match self.node.raft.state {
-                StateRole::Leader => Role::Leader,
-                StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+                // A new leader knows what is committed only once an entry of its own term is:
+                // until then its high watermark may lag what earlier leaders acknowledged, so it
+                // does not serve yet (readers hear "no leader yet" and retry).
+                StateRole::Leader if self.committed_in_own_term() => Role::Leader,
+                StateRole::Leader | StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
                 StateRole::Follower => Role::Follower,
             },
             term: Term(self.node.raft.term),
