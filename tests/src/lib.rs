@@ -50,6 +50,7 @@ pub mod load;
 pub mod netns;
 mod process;
 pub mod records;
+pub mod tmpfs;
 pub mod verdict;
 pub mod wait;
 

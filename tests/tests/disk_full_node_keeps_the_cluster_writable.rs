@@ -6,8 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _, Result};
@@ -15,6 +14,7 @@ use weir_client::{Error, ProducerConfig, ProducerRecord, TopicConfig};
 use weir_proto::v1 as proto;
 use weir_tests::cluster::Cluster;
 use weir_tests::records::drain_partition;
+use weir_tests::tmpfs::Tmpfs;
 use weir_tests::wait::until;
 
 const TOPIC: &str = "crowded";
@@ -22,28 +22,6 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Small steps and segments so the tmpfs holds the controller and the partition with room to
 /// spare until the filler takes it; quick balancing so leadership returns within the test.
 const CONFIG: &str = "[log]\nsegment_allocation_step_bytes = 1048576\n[raft]\nleader_balance_interval_ms = 1000\n";
-
-/// A tmpfs mounted for the test, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(path).ok()?;
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .stderr(Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then(|| Tmpfs(path.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 /// Writes `path` until the file system is full.
 fn fill(path: &Path) -> Result<()> {
