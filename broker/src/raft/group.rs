@@ -360,7 +360,9 @@ impl Group {
     /// Whether the visible entry (committed and persisted here) is of the current term.
     fn committed_in_own_term(&self) -> bool {
         let raft = &self.node.raft;
-        raft.raft_log.term(self.visible_index.0).is_ok_and(|term| term == raft.term)
+        raft.raft_log
+            .term(self.visible_index.0)
+            .is_ok_and(|term| term == raft.term)
     }
 
     fn is_leader(&self) -> bool {
