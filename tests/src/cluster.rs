@@ -242,27 +242,7 @@ impl Cluster {
     /// The leader of `topic`/`partition`, asking every node that answers (Admin describe):
     /// `Some` when a node says it leads and no answering node names another leader.
     pub async fn leader_of(&self, topic: &str, partition: u32) -> Result<Option<u64>> {
-        let mut views = Vec::new();
-        for id in self.ids() {
-            if let Ok(description) = self.describe_on(id, topic).await {
-                let leader = description
-                    .partitions
-                    .iter()
-                    .find(|p| p.partition == partition)
-                    .and_then(|p| p.leader);
-                views.push((id, leader));
-            }
-        }
-        let claimed: Vec<u64> = views
-            .iter()
-            .filter(|(id, leader)| *leader == Some(*id))
-            .map(|(id, _)| *id)
-            .collect();
-        let [leader] = claimed[..] else {
-            return Ok(None);
-        };
-        let agreed = views.iter().all(|(_, view)| view.is_none() || *view == Some(leader));
-        Ok(agreed.then_some(leader))
+        self.leader_among(topic, partition, &self.ids()).await
     }
 
     /// Like [`Cluster::leader_of`], asking only the nodes in `observers` (say, all but a paused
