@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::group::GroupConfig;
 use crate::log::LogConfig;
 use crate::raft::RaftConfig;
 use crate::server::Limits;
@@ -43,6 +44,21 @@ struct FileConfig {
     log: FileLog,
     #[serde(default)]
     raft: FileRaft,
+    #[serde(default)]
+    groups: FileGroups,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGroups {
+    /// Partitions of `__consumer_offsets` (used when the topic is first created).
+    offsets_topic_partitions: Option<u32>,
+    offsets_topic_replication_factor: Option<u32>,
+    heartbeat_interval_ms: Option<u64>,
+    session_timeout_ms_default: Option<u64>,
+    session_timeout_ms_min: Option<u64>,
+    session_timeout_ms_max: Option<u64>,
+    rebalance_timeout_ms_default: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +121,7 @@ pub struct BrokerConfig {
     pub batch_bytes_max: u32,
     pub log: LogConfig,
     pub raft: RaftConfig,
+    pub groups: GroupConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +238,23 @@ impl BrokerConfig {
                     .map_or(raft_defaults.leader_balance_interval, Duration::from_millis),
                 ..raft_defaults
             },
+            groups: {
+                let g = &file.groups;
+                let defaults = GroupConfig::default();
+                let ms = |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
+                GroupConfig {
+                    offsets_topic_partitions: g.offsets_topic_partitions.unwrap_or(defaults.offsets_topic_partitions),
+                    offsets_topic_replication_factor: g
+                        .offsets_topic_replication_factor
+                        .unwrap_or(defaults.offsets_topic_replication_factor),
+                    heartbeat_interval: ms(g.heartbeat_interval_ms, defaults.heartbeat_interval),
+                    session_timeout_default: ms(g.session_timeout_ms_default, defaults.session_timeout_default),
+                    session_timeout_min: ms(g.session_timeout_ms_min, defaults.session_timeout_min),
+                    session_timeout_max: ms(g.session_timeout_ms_max, defaults.session_timeout_max),
+                    rebalance_timeout_default: ms(g.rebalance_timeout_ms_default, defaults.rebalance_timeout_default),
+                    ..defaults
+                }
+            },
         };
         config.validate()?;
         Ok(config)
@@ -307,6 +341,25 @@ impl BrokerConfig {
         }
         if r.leader_balance_interval < Duration::from_millis(100) {
             return Err(invalid("raft.leader_balance_interval_ms", "must be at least 100"));
+        }
+        let g = &self.groups;
+        if !(1..=1000).contains(&g.offsets_topic_partitions) {
+            return Err(invalid("groups.offsets_topic_partitions", "must be between 1 and 1000"));
+        }
+        if g.offsets_topic_replication_factor == 0 {
+            return Err(invalid("groups.offsets_topic_replication_factor", "must be at least 1"));
+        }
+        if g.heartbeat_interval < Duration::from_millis(10) {
+            return Err(invalid("groups.heartbeat_interval_ms", "must be at least 10"));
+        }
+        if g.session_timeout_min < Duration::from_millis(100)
+            || g.session_timeout_min > g.session_timeout_max
+            || !(g.session_timeout_min..=g.session_timeout_max).contains(&g.session_timeout_default)
+        {
+            return Err(invalid(
+                "groups.session_timeout_ms_*",
+                "need 100 <= session_timeout_ms_min <= session_timeout_ms_default <= session_timeout_ms_max",
+            ));
         }
         Ok(())
     }

@@ -16,6 +16,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod group;
 pub mod log;
 pub mod node;
 pub mod raft;

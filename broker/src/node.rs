@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::cluster::{Cluster, ClusterConfig, ClusterError};
 use crate::config::BrokerConfig;
+use crate::group::Coordinator;
 use crate::raft::{RaftConfig, RaftDriver, RaftError};
 use crate::server::{self, Announce, PeerTransport};
 
@@ -127,9 +128,11 @@ impl Node {
         };
         let metrics = Arc::new(server::RequestMetrics::new());
         let health = Arc::new(server::Health::default());
+        let coordinator = Coordinator::start(cluster.clone(), config.groups.clone());
         let server = tokio::spawn(server::serve(
             listener,
             cluster.clone(),
+            coordinator.clone(),
             transport.clone(),
             config.limits.clone(),
             metrics.clone(),
@@ -141,6 +144,7 @@ impl Node {
                 let http_address = http_listener.local_addr().map_err(io_error(&config.data_dir))?;
                 let state = Arc::new(server::HttpState {
                     cluster: cluster.clone(),
+                    coordinator,
                     transport,
                     metrics,
                     health: health.clone(),

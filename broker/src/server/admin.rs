@@ -55,6 +55,17 @@ fn topic_config(config: Option<v1::TopicConfig>) -> Result<TopicConfig, Status> 
     })
 }
 
+/// Topics whose names start with `__` belong to the broker (`__consumer_offsets`): clients
+/// may read them, not create, delete or write them.
+pub(super) fn reject_internal(name: &str) -> Result<(), Status> {
+    if name.starts_with("__") {
+        return Err(Status::invalid_argument(format!(
+            "topic '{name}' is internal: names starting with '__' are reserved for the broker"
+        )));
+    }
+    Ok(())
+}
+
 fn to_proto_config(config: &TopicConfig) -> v1::TopicConfig {
     v1::TopicConfig {
         retention_ms: config.retention_ms,
@@ -116,6 +127,50 @@ impl AdminService {
         }
     }
 
+    /// Creates a topic (forwarded to the controller leader when this node does not lead it)
+    /// and waits until its partitions have leaders.
+    pub(super) async fn create(
+        &self,
+        request: v1::CreateTopicRequest,
+        was_forwarded: bool,
+    ) -> Result<v1::CreateTopicResponse, Status> {
+        let original = request.clone();
+        validate_topic_name(&request.name).map_err(Status::invalid_argument)?;
+        if request.partitions == 0 || request.partitions > self.partitions_per_topic_max {
+            return Err(Status::invalid_argument(format!(
+                "partitions must be between 1 and {} (got {})",
+                self.partitions_per_topic_max, request.partitions
+            )));
+        }
+        let nodes: Vec<_> = self.cluster.nodes().keys().copied().collect();
+        let replication_factor = request.replication_factor.max(1);
+        if replication_factor as usize > nodes.len() {
+            return Err(Status::invalid_argument(format!(
+                "replication factor {replication_factor} exceeds the {} node(s) of this cluster",
+                nodes.len()
+            )));
+        }
+        let config = topic_config(request.config)?;
+        let command = Command::CreateTopic {
+            name: request.name.clone(),
+            partitions: request.partitions,
+            replication_factor,
+            config,
+            nodes: self.cluster.with_state(|state| state.placement_order(&nodes)),
+        };
+        if let Err(error) = self.cluster.propose(command).await {
+            return match self.controller_leader(was_forwarded, &error).await {
+                Some(mut leader) => Ok(leader.create_topic(forwarded(original)).await?.into_inner()),
+                None => Err(from_cluster(error)),
+            };
+        }
+        self.wait_ready(&request.name, request.partitions).await;
+        let topic = self.topic(&request.name)?;
+        Ok(v1::CreateTopicResponse {
+            topic: Some(self.describe(&topic)),
+        })
+    }
+
     /// Waits until every partition of a new topic has a running replica with a leader, so a
     /// producer that starts right after create_topic returns is not refused.
     async fn wait_ready(&self, name: &str, partitions: u32) {
@@ -145,41 +200,11 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
         let was_forwarded = request.metadata().contains_key(FORWARDED_KEY);
         let request = request.into_inner();
-        let original = request.clone();
-        validate_topic_name(&request.name).map_err(Status::invalid_argument)?;
-        if request.partitions == 0 || request.partitions > self.partitions_per_topic_max {
-            return Err(Status::invalid_argument(format!(
-                "partitions must be between 1 and {} (got {})",
-                self.partitions_per_topic_max, request.partitions
-            )));
+        // Checked where the request arrives; a forwarded one may be the broker's own.
+        if !was_forwarded {
+            reject_internal(&request.name)?;
         }
-        let nodes: Vec<_> = self.cluster.nodes().keys().copied().collect();
-        let replication_factor = request.replication_factor.max(1);
-        if replication_factor as usize > nodes.len() {
-            return Err(Status::invalid_argument(format!(
-                "replication factor {replication_factor} exceeds the {} node(s) of this cluster",
-                nodes.len()
-            )));
-        }
-        let config = topic_config(request.config)?;
-        let command = Command::CreateTopic {
-            name: request.name.clone(),
-            partitions: request.partitions,
-            replication_factor,
-            config,
-            nodes: self.cluster.with_state(|state| state.placement_order(&nodes)),
-        };
-        if let Err(error) = self.cluster.propose(command).await {
-            return match self.controller_leader(was_forwarded, &error).await {
-                Some(mut leader) => leader.create_topic(forwarded(original)).await,
-                None => Err(from_cluster(error)),
-            };
-        }
-        self.wait_ready(&request.name, request.partitions).await;
-        let topic = self.topic(&request.name)?;
-        Ok(Response::new(v1::CreateTopicResponse {
-            topic: Some(self.describe(&topic)),
-        }))
+        self.create(request, was_forwarded).await.map(Response::new)
     }
 
     async fn list_topics(
@@ -246,6 +271,7 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
         let was_forwarded = request.metadata().contains_key(FORWARDED_KEY);
         let original = request.into_inner();
+        reject_internal(&original.name)?;
         self.topic(&original.name)?;
         let command = Command::DeleteTopic {
             name: original.name.clone(),

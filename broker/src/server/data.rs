@@ -151,6 +151,7 @@ type FetchStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> 
 impl DataService {
     /// Validates, proposes and waits for the commit of one produced batch.
     async fn produce_once(&self, request: v1::ProduceRequest) -> Result<v1::ProduceResponse, Status> {
+        super::admin::reject_internal(&request.topic)?;
         let replica = self.replica(&request.topic, request.partition)?;
         let limit = replica.batch_bytes_max as usize;
         if request.batch.len() > limit {

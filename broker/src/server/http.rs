@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 use super::metrics::RequestMetrics;
 use super::PeerTransport;
 use crate::cluster::{Cluster, PartitionReplica};
+use crate::group::Coordinator;
 use crate::raft::{read_log, Progress, Replication, Role};
 
 /// Concurrent HTTP connections; Prometheus and a probe or two need a handful.
@@ -70,6 +71,7 @@ impl Health {
 /// What the endpoint reads from.
 pub struct HttpState {
     pub cluster: Arc<Cluster>,
+    pub coordinator: Arc<Coordinator>,
     pub transport: Arc<PeerTransport>,
     pub metrics: Arc<RequestMetrics>,
     pub health: Arc<Health>,
@@ -169,14 +171,49 @@ impl HttpState {
         let mut now = Registry::default();
         self.register_node(&mut now, &partitions);
         register_partitions(&mut now, &partitions, &self.transport);
-        // Consumer groups (not built yet) hook in here: a `weir_consumer_group_lag{group,topic,
-        // partition}` gauge of the coordinator's committed offsets subtracted from the
-        // partitions' high watermarks, read at scrape time like everything in `now`.
+        self.register_group_lag(&mut now, &partitions);
         let mut body = String::with_capacity(4096 + 1024 * partitions.len());
         encode_registry(&mut body, self.metrics.registry())?;
         encode_registry(&mut body, &now)?;
         encode_eof(&mut body)?;
         Ok(body)
+    }
+
+    /// `weir_consumer_group_lag{group,topic,partition}` and the committed offsets, for the
+    /// groups this node coordinates and the partitions it holds a replica of (with RF below the
+    /// node count, `weir group describe` asks the leaders for the rest).
+    fn register_group_lag(&self, registry: &mut Registry, partitions: &[PartitionSample]) {
+        let lag = Family::<GroupLabels, Gauge<i64>>::default();
+        let committed = Family::<GroupLabels, Gauge<i64>>::default();
+        for (group, tp, offset) in self.coordinator.lag_view() {
+            let Some(sample) = partitions
+                .iter()
+                .find(|p| p.topic == tp.topic && p.partition == tp.partition)
+            else {
+                continue;
+            };
+            let labels = GroupLabels {
+                group,
+                topic: tp.topic,
+                partition: tp.partition,
+            };
+            let high_watermark = sample.progress.high_watermark.0;
+            committed
+                .get_or_create(&labels)
+                .set(i64::try_from(offset).unwrap_or(i64::MAX));
+            lag.get_or_create(&labels)
+                .set(i64::try_from(high_watermark.saturating_sub(offset)).unwrap_or(i64::MAX));
+        }
+        registry.register(
+            "weir_consumer_group_lag",
+            "Records between a group's committed offset and the partition's high watermark",
+            lag,
+        );
+        registry.register(
+            "weir_consumer_group_committed_offset",
+            "A group's committed offset per partition (groups coordinated by this node)",
+            committed,
+        );
     }
 
     fn register_node(&self, registry: &mut Registry, partitions: &[PartitionSample]) {
@@ -309,6 +346,13 @@ fn role_value(role: Role) -> u64 {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PartitionLabels {
+    topic: String,
+    partition: u32,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
     topic: String,
     partition: u32,
 }

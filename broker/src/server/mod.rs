@@ -11,6 +11,7 @@
 mod admin;
 mod connections;
 mod data;
+mod groups;
 mod http;
 mod metrics;
 mod status;
@@ -25,9 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use weir_proto::v1::{admin_server::AdminServer, raft_server::RaftServer, weir_server::WeirServer};
+use weir_proto::v1::{
+    admin_server::AdminServer, groups_server::GroupsServer, raft_server::RaftServer, weir_server::WeirServer,
+};
 
 use crate::cluster::Cluster;
+use crate::group::Coordinator;
 
 /// Every bound of the request handlers.
 #[derive(Debug, Clone)]
@@ -117,6 +121,7 @@ impl Stopping {
 pub async fn serve(
     listener: TcpListener,
     cluster: Arc<Cluster>,
+    coordinator: Arc<Coordinator>,
     transport: Arc<PeerTransport>,
     limits: Limits,
     metrics: Arc<RequestMetrics>,
@@ -141,13 +146,19 @@ pub async fn serve(
         driver: cluster.driver().clone(),
         transport: transport.clone(),
         cluster: cluster.clone(),
-        stopping,
+        stopping: stopping.clone(),
     };
     let admin = admin::AdminService {
-        cluster,
+        cluster: cluster.clone(),
         transport,
         partitions_per_topic_max: limits.partitions_per_topic_max,
         peers,
+    };
+    let groups = groups::GroupService {
+        coordinator,
+        cluster,
+        admin: admin.clone(),
+        stopping,
     };
     let incoming = connections::limited(listener, limits.connections_max);
     tonic::transport::Server::builder()
@@ -161,6 +172,7 @@ pub async fn serve(
                 .max_encoding_message_size(limits.fetch_bytes_max.max(limits.request_bytes_max) + (1 << 20)),
         )
         .add_service(AdminServer::new(admin).max_decoding_message_size(1 << 20))
+        .add_service(GroupsServer::new(groups).max_decoding_message_size(limits.request_bytes_max))
         .add_service(RaftServer::new(raft).max_decoding_message_size(transport::RAFT_MESSAGE_BYTES_MAX))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -4,6 +4,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::cluster::{ClusterError, CommandError};
+use crate::group::GroupError;
 use crate::log::LogError;
 use crate::raft::ProposeError;
 use crate::types::{NodeId, Offset};
@@ -85,5 +86,33 @@ pub fn from_cluster(error: ClusterError) -> Status {
         ClusterError::Timeout(..) => Status::deadline_exceeded(error.to_string()),
         ClusterError::Raft(_) => Status::internal(error.to_string()),
         ClusterError::ShuttingDown | ClusterError::NotReady => Status::unavailable(error.to_string()),
+    }
+}
+
+/// Metadata key on a FAILED_PRECONDITION that fences a group member: it must rejoin.
+pub const FENCED_KEY: &str = "weir-fenced";
+
+pub fn from_group(error: GroupError, leader_address: impl Fn(NodeId) -> Option<String>) -> Status {
+    match error {
+        GroupError::InvalidArgument(message) => Status::invalid_argument(message),
+        GroupError::Fenced(_) => {
+            let mut status = Status::failed_precondition(error.to_string());
+            status
+                .metadata_mut()
+                .insert(FENCED_KEY, MetadataValue::from_static("true"));
+            status
+        }
+        GroupError::NotEmpty(message) => Status::failed_precondition(message),
+        GroupError::NotFound(_) => Status::not_found(error.to_string()),
+        GroupError::NotCoordinator { leader: Some(leader) } => {
+            not_leader(Some(leader), leader_address(leader).as_deref())
+        }
+        GroupError::NotCoordinator { leader: None } => Status::unavailable(
+            "this node holds no replica of the group's __consumer_offsets partition; ask its leader",
+        ),
+        GroupError::OffsetsTopicMissing | GroupError::Unavailable(_) => Status::unavailable(error.to_string()),
+        GroupError::Propose(propose) => from_propose(propose, leader_address),
+        GroupError::OutcomeUnknown(message) => Status::aborted(message),
+        GroupError::Log(log) => from_log(log),
     }
 }
