@@ -2,9 +2,11 @@
 //!
 //! # Layout
 //! Layers, each a module, dependencies pointing one way only:
-//! `server -> cluster -> raft -> log`.
+//! `server -> group, cluster -> raft -> log`.
 //! - [`server`]: gRPC services (the only module that knows tonic and the wire types), limits,
 //!   error-to-status mapping; the HTTP endpoint (Prometheus `/metrics`, `/healthz`, `/readyz`).
+//! - [`group`]: consumer groups: the coordinator on `__consumer_offsets`, incremental
+//!   assignment, committed offsets.
 //! - [`cluster`]: the controller's replicated state machine (topics, partition replica sets,
 //!   configs) and the reconciler that runs this node's partition replicas.
 //! - [`raft`]: multi-Raft over raft-rs: a fixed set of raft threads, one RawNode per group,

@@ -259,6 +259,10 @@ impl Coordinator {
             let mut locked = self.lock_group(name).await?;
             let mut changed = locked.slot.changed.subscribe();
             let joining = request.member_epoch == state::JOIN;
+            let leaving = matches!(request.member_epoch, state::LEAVE | state::LEAVE_FOR_RESTART);
+            if leaving && !locked.groups().contains_key(name) {
+                return Ok(left(&request, 0));
+            }
             if !joining && !locked.groups().contains_key(name) {
                 return Err(GroupError::Fenced(format!(
                     "group '{name}' has no member '{}'; rejoin",
@@ -271,14 +275,8 @@ impl Coordinator {
             let member = group.heartbeat(&request, &counts, Instant::now(), || new_member_id(&request.client_id))?;
             self.persist_membership(&mut locked, name, Some(&before)).await?;
             let Some(member) = member else {
-                // Left: answer with the leave acknowledged.
-                return Ok(Answer {
-                    member_id: request.member_id.clone(),
-                    member_epoch: request.member_epoch,
-                    assignment: BTreeSet::new(),
-                    group_epoch: locked.groups().get(name).map_or(0, |g| g.membership.epoch),
-                    reconciling: false,
-                });
+                let epoch = locked.groups().get(name).map_or(0, |g| g.membership.epoch);
+                return Ok(left(&request, epoch));
             };
             let answer = locked.groups()[name].answer(&member).expect("member present");
             drop(locked);
@@ -534,6 +532,17 @@ impl Coordinator {
                 }
             }
         }
+    }
+}
+
+/// The answer to a leave: nothing assigned.
+fn left(request: &Heartbeat, group_epoch: u64) -> Answer {
+    Answer {
+        member_id: request.member_id.clone(),
+        member_epoch: request.member_epoch,
+        assignment: BTreeSet::new(),
+        group_epoch,
+        reconciling: false,
     }
 }
 

@@ -121,8 +121,13 @@ pub fn apply(groups: &mut BTreeMap<String, Group>, entry: Entry, now: Instant) {
     match entry {
         Entry::Membership { group, membership } => {
             let state = groups.entry(group).or_default();
-            for id in membership.members.keys() {
-                state.seen.entry(id.clone()).or_insert(now);
+            for member in membership.members.values() {
+                state.seen.entry(member.id.clone()).or_insert(now);
+                // A replayed member still giving partitions up gets its rebalance timeout
+                // afresh from now.
+                if !member.revoking.is_empty() {
+                    state.revoking_since.entry(member.id.clone()).or_insert(now);
+                }
             }
             state.seen.retain(|id, _| membership.members.contains_key(id));
             state.revoking_since.retain(|id, _| membership.members.contains_key(id));
@@ -214,7 +219,10 @@ impl Group {
         match request.member_epoch {
             JOIN => self.join(request, counts, now, new_member_id).map(Some),
             LEAVE | LEAVE_FOR_RESTART => {
-                self.check_member(&request.member_id, None)?;
+                // Leaving twice (an answer lost on the way) is not an error.
+                if !self.membership.members.contains_key(&request.member_id) {
+                    return Ok(None);
+                }
                 if request.member_epoch == LEAVE_FOR_RESTART
                     && self.membership.members[&request.member_id].instance_id.is_some()
                 {
