@@ -5,8 +5,15 @@
 //! node and cached; it is refreshed when a request shows it stale: not leader, unavailable, a topic
 //! unknown to the cache. Refreshes are single-flight: callers pass the cache version they acted
 //! on, and a refresh that finds a newer version already installed returns at once.
+//!
+//! A consumer group's requests go to its coordinator: the leader of partition
+//! `group_partition(group, N)` of `__consumer_offsets`, found in metadata like any partition
+//! leader, so a coordinator failover is handled by the same hints and refreshes. That topic is
+//! created by the broker on the first group request: until metadata names it, group requests go
+//! to any node, which answers with a leader hint or UNAVAILABLE.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -14,7 +21,9 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use weir_proto::v1 as proto;
 use weir_proto::v1::admin_client::AdminClient;
+use weir_proto::v1::groups_client::GroupsClient;
 use weir_proto::v1::weir_client::WeirClient;
+use weir_proto::{group_partition, OFFSETS_TOPIC};
 
 use crate::backoff::Backoff;
 use crate::config::ClientConfig;
@@ -38,6 +47,8 @@ pub(crate) struct Cluster {
     metadata: RwLock<MetadataCache>,
     /// Held while a metadata refresh is under way, so concurrent refreshes collapse into one.
     refresh_lock: tokio::sync::Mutex<()>,
+    /// Rotates group requests over the nodes while no coordinator is known.
+    next_any_node: AtomicUsize,
 }
 
 /// The error of a request that every node failed: says which were tried, keeps the last
@@ -65,6 +76,7 @@ impl Cluster {
             channels: Mutex::new(HashMap::new()),
             metadata: RwLock::new(MetadataCache::default()),
             refresh_lock: tokio::sync::Mutex::new(()),
+            next_any_node: AtomicUsize::new(0),
         }))
     }
 
@@ -109,6 +121,10 @@ impl Cluster {
 
     pub(crate) fn admin(&self, address: &str) -> Result<AdminClient<Channel>> {
         Ok(AdminClient::new(self.channel(address)?).max_decoding_message_size(self.config.response_bytes_max))
+    }
+
+    pub(crate) fn groups(&self, address: &str) -> Result<GroupsClient<Channel>> {
+        Ok(GroupsClient::new(self.channel(address)?).max_decoding_message_size(self.config.response_bytes_max))
     }
 
     /// Addresses to try for a request any node can answer: brokers known from metadata first,
@@ -360,4 +376,127 @@ impl Cluster {
             tokio::time::sleep(delay).await;
         }
     }
+
+    /// The coordinator of `group` according to the cache (refreshed once if it lacks
+    /// `__consumer_offsets`); `None` while that topic does not exist yet.
+    async fn coordinator_address(&self, group: &str) -> Result<Option<String>> {
+        let count = |metadata: &TopicMetadata| metadata.partitions.len();
+        let (version, mut partitions) = self.cached_topic(OFFSETS_TOPIC, &count);
+        if partitions.is_none() {
+            self.refresh(version).await?;
+            partitions = self.cached_topic(OFFSETS_TOPIC, &count).1;
+        }
+        let Some(partitions) = partitions.filter(|count| *count > 0) else {
+            return Ok(None);
+        };
+        let partition = group_partition(group, u32::try_from(partitions).unwrap_or(u32::MAX));
+        self.leader_address(OFFSETS_TOPIC, partition).await.map(Some)
+    }
+
+    /// The `__consumer_offsets` partition of `group` if the cache knows the topic (0 otherwise:
+    /// only used to place leader hints, which need the topic cached anyway).
+    fn coordinator_partition(&self, group: &str) -> u32 {
+        let count = self
+            .cached_topic(OFFSETS_TOPIC, &|metadata| metadata.partitions.len())
+            .1
+            .unwrap_or(0);
+        group_partition(group, u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    /// Sends one request to the coordinator of `group`. `route` carries a leader hint from
+    /// one attempt to the next (the hint may name a node metadata does not place yet). On error
+    /// the cache is brought up to date for the next attempt; the caller decides whether to
+    /// retry ([`group_retriable`]).
+    pub(crate) async fn coordinator_attempt<T, F, Fut>(
+        &self,
+        group: &str,
+        route: &mut CoordinatorRoute,
+        attempt: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(GroupsClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let version = self.version();
+        let address = match route.hint.take() {
+            Some(address) => Ok(address),
+            None => match self.coordinator_address(group).await {
+                Ok(Some(address)) => Ok(address),
+                Ok(None) => {
+                    let addresses = self.addresses();
+                    let index = self.next_any_node.fetch_add(1, Ordering::Relaxed) % addresses.len().max(1);
+                    addresses
+                        .get(index)
+                        .cloned()
+                        .ok_or_else(|| Error::Unavailable("no broker address to try".into()))
+                }
+                Err(error) => Err(error),
+            },
+        };
+        let result = match address {
+            Ok(address) => attempt(self.groups(&address)?).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &result {
+            if let Error::NotLeader {
+                leader_address: Some(hinted),
+                ..
+            } = error
+            {
+                route.hint = Some(hinted.clone());
+            }
+            self.on_error(OFFSETS_TOPIC, self.coordinator_partition(group), error, version)
+                .await;
+        }
+        result
+    }
+
+    /// Runs `attempt` against the coordinator of `group`, retrying what [`group_retriable`]
+    /// allows with backoff until `retry_timeout` has passed. `idempotent`: the request may be
+    /// repeated after an error of unknown outcome.
+    pub(crate) async fn with_coordinator<T, F, Fut>(
+        &self,
+        group: &str,
+        retry_timeout: Duration,
+        idempotent: bool,
+        mut attempt: F,
+    ) -> Result<T>
+    where
+        F: FnMut(GroupsClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = Instant::now() + retry_timeout;
+        let mut backoff = self.backoff();
+        let mut route = CoordinatorRoute::default();
+        loop {
+            let error = match self.coordinator_attempt(group, &mut route, &mut attempt).await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let delay = backoff.next_delay();
+            if !group_retriable(&error, idempotent) || Instant::now() + delay >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(group, %error, "retrying group request");
+            // A hint names the coordinator: go there at once.
+            if route.hint.is_none() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Where the next attempt of a group request goes, when an answer said so.
+#[derive(Debug, Default)]
+pub(crate) struct CoordinatorRoute {
+    hint: Option<String>,
+}
+
+/// Whether a group request that failed with `error` may be sent again: the retriable errors,
+/// the absence of `__consumer_offsets` (the broker creates it on the first group request) and,
+/// for `idempotent` requests, errors of unknown outcome.
+pub(crate) fn group_retriable(error: &Error, idempotent: bool) -> bool {
+    error.is_retriable()
+        || (idempotent && error.is_outcome_unknown())
+        || matches!(error, Error::TopicNotFound { topic } | Error::PartitionNotFound { topic, .. } if topic == OFFSETS_TOPIC)
 }

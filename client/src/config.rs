@@ -259,7 +259,65 @@ pub enum SeekTo {
     Timestamp(i64),
 }
 
-/// Consumer settings.
+/// How a consumer group spreads its partitions over its members. The coordinator computes the
+/// assignment; the group uses the strategy of its first member, and a member asking for
+/// another is refused while the group has members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum AssignmentStrategy {
+    /// Keeps partitions where they are and moves as few as balance needs.
+    #[default]
+    Sticky,
+    /// Per topic, contiguous ranges of partitions over the members in order.
+    Range,
+    /// All subscribed partitions dealt one by one over the members in order.
+    RoundRobin,
+}
+
+impl AssignmentStrategy {
+    /// The name the CLI and the broker's descriptions use: `sticky`, `range`, `round-robin`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssignmentStrategy::Sticky => "sticky",
+            AssignmentStrategy::Range => "range",
+            AssignmentStrategy::RoundRobin => "round-robin",
+        }
+    }
+}
+
+impl std::fmt::Display for AssignmentStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<AssignmentStrategy> for weir_proto::v1::AssignmentStrategy {
+    fn from(strategy: AssignmentStrategy) -> Self {
+        match strategy {
+            AssignmentStrategy::Sticky => Self::Sticky,
+            AssignmentStrategy::Range => Self::Range,
+            AssignmentStrategy::RoundRobin => Self::RoundRobin,
+        }
+    }
+}
+
+impl From<weir_proto::v1::AssignmentStrategy> for AssignmentStrategy {
+    fn from(strategy: weir_proto::v1::AssignmentStrategy) -> Self {
+        match strategy {
+            weir_proto::v1::AssignmentStrategy::Sticky => Self::Sticky,
+            weir_proto::v1::AssignmentStrategy::Range => Self::Range,
+            weir_proto::v1::AssignmentStrategy::RoundRobin => Self::RoundRobin,
+        }
+    }
+}
+
+/// The session timeouts a coordinator accepts (0 asks for the broker's default).
+pub const SESSION_TIMEOUT_MS_MIN: u32 = 1_000;
+pub const SESSION_TIMEOUT_MS_MAX: u32 = 300_000;
+/// The longest group id the broker accepts, in bytes.
+pub const GROUP_ID_BYTES_MAX: usize = 249;
+
+/// Consumer settings. The `group_*` settings and those after them matter only to a consumer
+/// with a `group_id`; see [`crate::consumer`] for how group membership works.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerConfig {
     /// How long one fetch waits on the broker for new records (long poll).
@@ -277,6 +335,35 @@ pub struct ConsumerConfig {
     /// committed records only, possibly a little behind the leader; when it cannot serve, the
     /// fetch goes to the leader. `None`: always the leader.
     pub preferred_replica: Option<u64>,
+    /// The consumer group: needed by `subscribe` and by commits. Without it the consumer reads
+    /// what it is assigned by hand and commits nothing.
+    pub group_id: Option<String>,
+    /// Static membership: a stable id for this member that survives restarts. A member that
+    /// rejoins with it within the session timeout gets its partitions back without a rebalance
+    /// (its previous incarnation is fenced), and `close` leaves "for a restart", keeping them.
+    pub group_instance_id: Option<String>,
+    /// Asked for when joining; see [`AssignmentStrategy`].
+    pub assignment_strategy: AssignmentStrategy,
+    /// The coordinator evicts a member it has not heard from for this long (its partitions go
+    /// to others). A member that could not heartbeat for this long gives its partitions up
+    /// itself. 0 = the broker's default; otherwise 1 s to 5 min.
+    pub session_timeout_ms: u32,
+    /// Longest time between two calls of `poll` (or `stream` items) before the member leaves
+    /// the group so that its partitions go to a member that reads them; the next `poll` joins
+    /// again. Also how long the member may take to give up revoked partitions (the coordinator's
+    /// rebalance timeout).
+    pub poll_timeout_ms: u32,
+    /// How long the coordinator may hold a heartbeat when nothing changes for the member (long
+    /// poll). The coordinator answers at once when the assignment changes, so this bounds only
+    /// how late the member notices a lost coordinator; less than `session_timeout_ms`.
+    pub heartbeat_max_wait_ms: u32,
+    /// Commit the consumed positions of owned partitions every `auto_commit_interval_ms` (in
+    /// `poll`), before partitions are revoked, and on `close`. The consumed position of a
+    /// partition is the offset after the last record `poll` or `stream` returned.
+    pub auto_commit: bool,
+    pub auto_commit_interval_ms: u64,
+    /// Shown in group descriptions, to tell members apart.
+    pub client_id: String,
 }
 
 impl Default for ConsumerConfig {
@@ -287,6 +374,15 @@ impl Default for ConsumerConfig {
             start: SeekTo::End,
             retry_timeout_ms: 30_000,
             preferred_replica: None,
+            group_id: None,
+            group_instance_id: None,
+            assignment_strategy: AssignmentStrategy::Sticky,
+            session_timeout_ms: 10_000,
+            poll_timeout_ms: 300_000,
+            heartbeat_max_wait_ms: 1_000,
+            auto_commit: true,
+            auto_commit_interval_ms: 5_000,
+            client_id: "weir-client".to_owned(),
         }
     }
 }
@@ -317,6 +413,118 @@ impl ConsumerConfig {
         self.preferred_replica = Some(node_id);
         self
     }
+
+    pub fn group_id(mut self, group: impl Into<String>) -> Self {
+        self.group_id = Some(group.into());
+        self
+    }
+
+    /// See [`ConsumerConfig::group_instance_id`].
+    pub fn group_instance_id(mut self, instance: impl Into<String>) -> Self {
+        self.group_instance_id = Some(instance.into());
+        self
+    }
+
+    pub fn assignment_strategy(mut self, strategy: AssignmentStrategy) -> Self {
+        self.assignment_strategy = strategy;
+        self
+    }
+
+    pub fn session_timeout_ms(mut self, timeout_ms: u32) -> Self {
+        self.session_timeout_ms = timeout_ms;
+        self
+    }
+
+    pub fn poll_timeout_ms(mut self, timeout_ms: u32) -> Self {
+        self.poll_timeout_ms = timeout_ms;
+        self
+    }
+
+    pub fn heartbeat_max_wait_ms(mut self, wait_ms: u32) -> Self {
+        self.heartbeat_max_wait_ms = wait_ms;
+        self
+    }
+
+    pub fn auto_commit(mut self, enabled: bool) -> Self {
+        self.auto_commit = enabled;
+        self
+    }
+
+    pub fn auto_commit_interval_ms(mut self, interval_ms: u64) -> Self {
+        self.auto_commit_interval_ms = interval_ms;
+        self
+    }
+
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
+    /// Checks the settings; `Consumer::new`, `subscribe` and commits call it.
+    pub fn validate(&self) -> Result<()> {
+        if self.fetch_bytes_max == 0 {
+            return Err(Error::Config("fetch_bytes_max must be positive".into()));
+        }
+        if let Some(group) = &self.group_id {
+            validate_name("group_id", group)?;
+        }
+        if let Some(instance) = &self.group_instance_id {
+            if self.group_id.is_none() {
+                return Err(Error::Config("group_instance_id needs a group_id".into()));
+            }
+            validate_name("group_instance_id", instance)?;
+        }
+        let session = self.session_timeout_ms;
+        if session != 0 && !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&session) {
+            return Err(Error::Config(format!(
+                "session_timeout_ms must be 0 (broker default) or {SESSION_TIMEOUT_MS_MIN}..={SESSION_TIMEOUT_MS_MAX}, \
+                 not {session}"
+            )));
+        }
+        if self.poll_timeout_ms == 0 {
+            return Err(Error::Config("poll_timeout_ms must be positive".into()));
+        }
+        if self.heartbeat_max_wait_ms >= self.effective_session_timeout_ms() {
+            return Err(Error::Config(format!(
+                "heartbeat_max_wait_ms ({}) must be less than the session timeout ({} ms)",
+                self.heartbeat_max_wait_ms,
+                self.effective_session_timeout_ms()
+            )));
+        }
+        if self.auto_commit && self.auto_commit_interval_ms == 0 {
+            return Err(Error::Config("auto_commit_interval_ms must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The session timeout in effect: the configured one, or the broker's default (10 s).
+    pub(crate) fn effective_session_timeout_ms(&self) -> u32 {
+        if self.session_timeout_ms == 0 {
+            10_000
+        } else {
+            self.session_timeout_ms
+        }
+    }
+}
+
+/// Group and instance ids: what the broker accepts (non-empty, at most
+/// [`GROUP_ID_BYTES_MAX`] bytes, no control characters).
+fn validate_name(setting: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::Config(format!("{setting} is empty")));
+    }
+    if name.len() > GROUP_ID_BYTES_MAX {
+        return Err(Error::Config(format!(
+            "{setting} is {} bytes long; the limit is {GROUP_ID_BYTES_MAX}",
+            name.len()
+        )));
+    }
+    if let Some(bad) = name.chars().find(|c| c.is_control()) {
+        return Err(Error::Config(format!(
+            "{setting} {name:?} contains the control character {bad:?}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -335,6 +543,54 @@ mod tests {
         assert!(parse_bootstrap(":9292").is_err());
         let config = ClientConfig::new("127.0.0.1:1,127.0.0.2:2").unwrap();
         assert_eq!(config.bootstrap.len(), 2);
+    }
+
+    #[test]
+    fn consumer_group_settings_are_checked() {
+        let config = ConsumerConfig::default();
+        assert!(config.validate().is_ok(), "defaults are valid without a group");
+        assert!(config.clone().group_id("g").validate().is_ok());
+        let error = |config: ConsumerConfig| match config.validate() {
+            Err(Error::Config(message)) => message,
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        assert!(error(config.clone().group_id("")).contains("group_id is empty"));
+        assert!(error(config.clone().group_id("a\nb")).contains("control character"));
+        assert!(error(config.clone().group_id("x".repeat(250))).contains("limit is 249"));
+        assert!(error(config.clone().group_instance_id("i")).contains("needs a group_id"));
+        assert!(config.clone().group_id("g").group_instance_id("i").validate().is_ok());
+        let message = error(config.clone().group_id("g").session_timeout_ms(500));
+        assert!(message.contains("session_timeout_ms"), "{message}");
+        assert!(
+            config.clone().session_timeout_ms(0).validate().is_ok(),
+            "0 = broker default"
+        );
+        assert!(error(config.clone().session_timeout_ms(301_000)).contains("session_timeout_ms"));
+        assert!(error(config.clone().poll_timeout_ms(0)).contains("poll_timeout_ms"));
+        let message = error(config.clone().session_timeout_ms(2_000).heartbeat_max_wait_ms(2_000));
+        assert!(message.contains("heartbeat_max_wait_ms"), "{message}");
+        assert!(error(config.clone().auto_commit_interval_ms(0)).contains("auto_commit_interval_ms"));
+        assert!(config
+            .clone()
+            .auto_commit(false)
+            .auto_commit_interval_ms(0)
+            .validate()
+            .is_ok());
+        assert!(error(config.fetch_bytes_max(0)).contains("fetch_bytes_max"));
+    }
+
+    #[test]
+    fn strategies_convert_to_the_wire_and_back() {
+        for strategy in [
+            AssignmentStrategy::Sticky,
+            AssignmentStrategy::Range,
+            AssignmentStrategy::RoundRobin,
+        ] {
+            let wire: weir_proto::v1::AssignmentStrategy = strategy.into();
+            assert_eq!(AssignmentStrategy::from(wire), strategy);
+        }
+        assert_eq!(AssignmentStrategy::default(), AssignmentStrategy::Sticky);
+        assert_eq!(AssignmentStrategy::RoundRobin.to_string(), "round-robin");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The client's one error type, and the one place where gRPC statuses become typed errors.
 //!
-//! The broker's conventions (see the comment at the top of `proto/weir.proto`) map to variants:
+//! The broker's conventions (see the comment at the top of `proto/weir.proto`) map to variants.
+//! A request about a consumer group says so in its [`Context`] (`Context::group`), which
+//! changes what NOT_FOUND and FAILED_PRECONDITION mean:
 //!
 //! | gRPC code                         | variant                                   |
 //! |-----------------------------------|-------------------------------------------|
 //! | NOT_FOUND                         | `TopicNotFound` / `PartitionNotFound`     |
+//! | NOT_FOUND (group request)         | `GroupNotFound`                           |
 //! | ALREADY_EXISTS                    | `AlreadyExists`                           |
 //! | INVALID_ARGUMENT                  | `InvalidArgument`                         |
 //! | OUT_OF_RANGE (a read)             | `OffsetOutOfRange` (range from metadata)  |
@@ -12,6 +15,10 @@
 //! | RESOURCE_EXHAUSTED                | `ResourceExhausted` (retriable if metadata |
 //! |                                   | `weir-retriable` is `true`: a full queue) |
 //! | FAILED_PRECONDITION               | `NotLeader` (hint from metadata)          |
+//! | FAILED_PRECONDITION, metadata     | `Fenced`: the member must give up its     |
+//! | `weir-fenced: true`               | partitions and join again                 |
+//! | FAILED_PRECONDITION (group        | `NotLeader` with `weir-leader` (not the   |
+//! | request)                          | coordinator), else `GroupNotEmpty`        |
 //! | UNAVAILABLE (from the broker)     | `Unavailable`: retriable                  |
 //! | ABORTED                           | `Timeout`: outcome unknown                |
 //! | UNAVAILABLE (could not connect)   | `Unavailable`: the request was never sent |
@@ -35,6 +42,9 @@ pub const LEADER_ADDRESS_KEY: &str = "weir-leader-address";
 pub const LOG_START_OFFSET_KEY: &str = "weir-log-start-offset";
 /// Metadata key of the high watermark on an OUT_OF_RANGE status.
 pub const HIGH_WATERMARK_KEY: &str = "weir-high-watermark";
+/// Metadata key marking a FAILED_PRECONDITION status of a group request as "this member is
+/// fenced" (`true`): unknown to the group, or its epoch is stale.
+pub const FENCED_KEY: &str = "weir-fenced";
 
 /// Result with the client's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -82,6 +92,19 @@ pub enum Error {
     Corrupt(String),
     #[error("already exists: {0}")]
     AlreadyExists(String),
+    /// The consumer group does not exist (it never committed an offset, or was deleted).
+    #[error("consumer group {group:?} not found")]
+    GroupNotFound { group: String },
+    /// The coordinator does not know this group member, or its epoch is stale (evicted after
+    /// its session timed out, left, or replaced by a newer incarnation of the same static
+    /// member). The member has lost its partitions and must join again; a consumer does that by
+    /// itself.
+    #[error("fenced from the consumer group: {0}")]
+    Fenced(String),
+    /// An operation that needs a group without members (reset offsets, delete, a commit from
+    /// outside group management) found members.
+    #[error("consumer group not empty: {0}")]
+    GroupNotEmpty(String),
     /// The client was configured wrongly (for example an unparsable bootstrap address).
     #[error("invalid client configuration: {0}")]
     Config(String),
@@ -148,11 +171,7 @@ impl Error {
                 retriable: metadata_str(&status, RETRIABLE_KEY).as_deref() == Some("true"),
                 message,
             },
-            Code::FailedPrecondition => Error::NotLeader {
-                leader: metadata_u64(&status, LEADER_KEY).filter(|id| *id != 0),
-                leader_address: metadata_str(&status, LEADER_ADDRESS_KEY),
-                message,
-            },
+            Code::FailedPrecondition => failed_precondition(&status, message, context),
             Code::DeadlineExceeded | Code::Aborted => Error::Timeout(message),
             Code::DataLoss => Error::Corrupt(message),
             Code::Unavailable | Code::Cancelled | Code::Unknown => transport(status, message),
@@ -167,6 +186,8 @@ pub struct Context<'a> {
     pub topic: Option<&'a str>,
     pub partition: Option<u32>,
     pub offset: Option<u64>,
+    /// The consumer group of a `Groups` request.
+    pub group: Option<&'a str>,
 }
 
 impl<'a> Context<'a> {
@@ -185,7 +206,7 @@ impl<'a> Context<'a> {
         Self {
             topic: Some(topic),
             partition: Some(partition),
-            offset: None,
+            ..Self::default()
         }
     }
 
@@ -194,11 +215,25 @@ impl<'a> Context<'a> {
             topic: Some(topic),
             partition: Some(partition),
             offset: Some(offset),
+            ..Self::default()
+        }
+    }
+
+    /// A request of the `Groups` service about `group`.
+    pub fn group(group: &'a str) -> Self {
+        Self {
+            group: Some(group),
+            ..Self::default()
         }
     }
 }
 
 fn not_found(message: String, context: &Context<'_>) -> Error {
+    if let Some(group) = context.group {
+        return Error::GroupNotFound {
+            group: group.to_owned(),
+        };
+    }
     match (context.topic, context.partition) {
         (Some(topic), Some(partition)) if message.to_ascii_lowercase().contains("partition") => {
             Error::PartitionNotFound {
@@ -210,6 +245,24 @@ fn not_found(message: String, context: &Context<'_>) -> Error {
             topic: topic.to_owned(),
         },
         (None, _) => Error::TopicNotFound { topic: message },
+    }
+}
+
+/// FAILED_PRECONDITION: not the leader (or coordinator), unless the status says the member is
+/// fenced or, for a group request without a leader hint, that the group has members.
+fn failed_precondition(status: &Status, message: String, context: &Context<'_>) -> Error {
+    if metadata_str(status, FENCED_KEY).as_deref() == Some("true") {
+        return Error::Fenced(message);
+    }
+    let leader = metadata_u64(status, LEADER_KEY);
+    let leader_address = metadata_str(status, LEADER_ADDRESS_KEY);
+    if context.group.is_some() && leader.is_none() && leader_address.is_none() {
+        return Error::GroupNotEmpty(message);
+    }
+    Error::NotLeader {
+        leader: leader.filter(|id| *id != 0),
+        leader_address,
+        message,
     }
 }
 
@@ -348,6 +401,49 @@ mod tests {
                 partition: 4
             }
         );
+    }
+
+    #[test]
+    fn group_requests_map_not_found_and_preconditions() {
+        let group = Context::group("g");
+        let missing = Error::from_status(Status::not_found("unknown group 'g'"), &group);
+        assert_eq!(missing, Error::GroupNotFound { group: "g".into() });
+        assert!(!missing.is_retriable());
+
+        let fenced = with_metadata(
+            Code::FailedPrecondition,
+            "member 'm' sent epoch 3; rejoin",
+            &[(FENCED_KEY, "true")],
+        );
+        let fenced = Error::from_status(fenced, &group);
+        assert_eq!(fenced, Error::Fenced("member 'm' sent epoch 3; rejoin".into()));
+        assert!(!fenced.is_retriable() && !fenced.is_outcome_unknown());
+
+        let moved = with_metadata(
+            Code::FailedPrecondition,
+            "not the coordinator",
+            &[(LEADER_KEY, "2"), (LEADER_ADDRESS_KEY, "10.0.0.2:9292")],
+        );
+        let moved = Error::from_status(moved, &group);
+        assert!(
+            matches!(&moved, Error::NotLeader { leader: Some(2), leader_address: Some(address), .. } if address == "10.0.0.2:9292"),
+            "{moved:?}"
+        );
+        assert!(moved.is_retriable());
+
+        let busy = Error::from_status(Status::failed_precondition("the group has 2 member(s)"), &group);
+        assert_eq!(busy, Error::GroupNotEmpty("the group has 2 member(s)".into()));
+        assert!(!busy.is_retriable());
+
+        // Outside a group request the same status still means "not the leader".
+        let plain = Error::from_status(
+            Status::failed_precondition("not the leader"),
+            &Context::partition("t", 0),
+        );
+        assert!(matches!(plain, Error::NotLeader { leader: None, .. }), "{plain:?}");
+        // A fenced flag wins even outside a group context (a commit's answer).
+        let fenced = with_metadata(Code::FailedPrecondition, "stale", &[(FENCED_KEY, "true")]);
+        assert!(matches!(Error::from_status(fenced, &Context::none()), Error::Fenced(_)));
     }
 
     #[test]

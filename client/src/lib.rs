@@ -1,4 +1,5 @@
-//! The Rust client for Weir: produce records, consume them, and administer topics.
+//! The Rust client for Weir: produce records, consume them (alone or in consumer groups), and
+//! administer topics and groups.
 //!
 //! ```no_run
 //! # async fn example() -> weir_client::Result<()> {
@@ -12,6 +13,14 @@
 //! consumer.assign("events", &[metadata.partition]).await?;
 //! consumer.seek("events", metadata.partition, SeekTo::Offset(metadata.offset)).await?;
 //! let records = consumer.poll().await?;
+//!
+//! // As a member of consumer group "billing": the group's coordinator spreads the topic's
+//! // partitions over the members; consumed positions are committed every 5 s and on close.
+//! let mut member = client.consumer(ConsumerConfig::default().group_id("billing").start(SeekTo::Beginning));
+//! member.subscribe(&["events"])?;
+//! let records = member.poll().await?;
+//! member.commit().await?; // or leave it to auto-commit
+//! member.close().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -24,13 +33,18 @@
 //! - `client`: [`Client`], the shared connections from which producers, consumers and admin
 //!   clients are made.
 //! - `cluster` (private): a tonic channel per broker address and the metadata cache (brokers,
-//!   partition leaders), refreshed when a request finds it stale; routes requests to leaders.
+//!   partition leaders), refreshed when a request finds it stale; routes requests to leaders,
+//!   and group requests to their coordinator (the leader of the group's `__consumer_offsets`
+//!   partition).
 //! - [`producer`]: batching per partition, one batch in flight per partition, retries within a
 //!   delivery timeout, a bounded buffer. [`partitioner`]: Kafka-compatible murmur2 key hashing
 //!   and sticky partitioning of keyless records.
-//! - [`consumer`]: manual assignment, seek (offset, ends, time), long-poll fetches of every
-//!   assigned partition at once, `poll` and `stream`.
-//! - [`admin`]: topics, topic settings, cluster status and metadata.
+//! - [`consumer`]: manual assignment or group membership (`subscribe`), seek (offset, ends,
+//!   time), long-poll fetches of every partition read at once, `poll` and `stream`, commits.
+//!   Inside it, `group` carries out rebalances in `poll` (revoke before assign) and commits,
+//!   and `heartbeat` is the background task that joins, heartbeats (long poll) and leaves.
+//! - [`admin`]: topics, topic settings, consumer groups (list, describe with lag, reset
+//!   offsets, delete), cluster status and metadata.
 //! - [`record`] and [`types`]: the domain types of the API. Wire (`weir_proto`) types stop at
 //!   this crate's boundary and are converted by hand in `types`.
 //! - `backoff` (private): exponential backoff with jitter.
@@ -52,14 +66,15 @@ pub mod types;
 
 pub use admin::Admin;
 pub use client::Client;
-pub use config::{Acks, ClientConfig, ClientConfigBuilder, ConsumerConfig, ProducerConfig, SeekTo};
-pub use consumer::{Consumer, Watermarks};
+pub use config::{Acks, AssignmentStrategy, ClientConfig, ClientConfigBuilder, ConsumerConfig, ProducerConfig, SeekTo};
+pub use consumer::{Consumer, GroupCommitter, RebalanceListener, Watermarks};
 pub use error::{Error, Result};
 pub use producer::{DeliveryFuture, Producer};
 pub use record::{ConsumerRecord, Header, ProducerRecord, RecordMetadata};
 pub use types::{
-    BrokerInfo, ClusterMetadata, ClusterStatus, NodeStatus, PartitionDescription, PartitionMetadata, PartitionStatus,
-    TopicConfig, TopicDescription, TopicMetadata, TopicSummary,
+    BrokerInfo, ClusterMetadata, ClusterStatus, CommittedOffset, GroupDescription, GroupListing, GroupMember,
+    GroupPartitionOffset, GroupState, GroupSummary, NodeStatus, PartitionDescription, PartitionMetadata,
+    PartitionStatus, TopicConfig, TopicDescription, TopicMetadata, TopicPartition, TopicSummary,
 };
 
 /// Compiles the README's Rust example, so it stays true to the API.

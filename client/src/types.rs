@@ -1,7 +1,68 @@
 //! Domain types for metadata and administration, converted by hand from and to the wire types
 //! here, at the boundary, so that no `weir_proto` type appears in the client's public API.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
 use weir_proto::v1 as proto;
+
+use crate::config::AssignmentStrategy;
+
+/// One partition of one topic. Ordered by topic, then partition; shown as `topic/partition`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: u32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// Partitions grouped per topic, as the wire carries them, from a set.
+pub(crate) fn to_wire_partitions<'a>(
+    partitions: impl IntoIterator<Item = &'a TopicPartition>,
+) -> Vec<proto::TopicPartitions> {
+    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for tp in partitions {
+        by_topic.entry(&tp.topic).or_default().push(tp.partition);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, mut partitions)| {
+            partitions.sort_unstable();
+            partitions.dedup();
+            proto::TopicPartitions {
+                topic: topic.to_owned(),
+                partitions,
+            }
+        })
+        .collect()
+}
+
+/// The set of partitions that per-topic wire lists name.
+pub(crate) fn from_wire_partitions(lists: Vec<proto::TopicPartitions>) -> BTreeSet<TopicPartition> {
+    lists
+        .into_iter()
+        .flat_map(|list| {
+            let topic = list.topic;
+            list.partitions
+                .into_iter()
+                .map(move |partition| TopicPartition::new(topic.clone(), partition))
+        })
+        .collect()
+}
 
 /// Per-topic settings. `None` means "the broker's default" when creating a topic and "leave
 /// unchanged" when altering one; a described topic has every field filled in.
@@ -306,6 +367,235 @@ impl From<proto::MetadataResponse> for ClusterMetadata {
     }
 }
 
+/// A consumer group's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupState {
+    /// No members (offsets may be committed).
+    Empty,
+    /// Every member holds its target assignment.
+    Stable,
+    /// Partitions are moving between members.
+    Reconciling,
+    /// A state this client does not know (a newer broker), as the broker spelled it.
+    Other(String),
+}
+
+impl GroupState {
+    pub fn as_str(&self) -> &str {
+        match self {
+            GroupState::Empty => "empty",
+            GroupState::Stable => "stable",
+            GroupState::Reconciling => "reconciling",
+            GroupState::Other(state) => state,
+        }
+    }
+}
+
+impl From<String> for GroupState {
+    fn from(state: String) -> Self {
+        match state.as_str() {
+            "empty" => GroupState::Empty,
+            "stable" => GroupState::Stable,
+            "reconciling" => GroupState::Reconciling,
+            _ => GroupState::Other(state),
+        }
+    }
+}
+
+impl fmt::Display for GroupState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One line of a group listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummary {
+    pub group: String,
+    pub state: GroupState,
+    pub members: u32,
+    /// Node id of the group's coordinator.
+    pub coordinator: u64,
+}
+
+/// Every group of the cluster, as far as the nodes answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupListing {
+    /// Sorted by name.
+    pub groups: Vec<GroupSummary>,
+    /// Nodes that did not answer: the groups they coordinate are missing from `groups`.
+    pub unanswered_nodes: Vec<u64>,
+}
+
+impl From<proto::ListGroupsResponse> for GroupListing {
+    fn from(response: proto::ListGroupsResponse) -> Self {
+        let mut groups: Vec<GroupSummary> = response
+            .groups
+            .into_iter()
+            .map(|group| GroupSummary {
+                group: group.group,
+                state: group.state.into(),
+                members: group.members,
+                coordinator: group.coordinator,
+            })
+            .collect();
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        let mut unanswered_nodes = response.unanswered_nodes;
+        unanswered_nodes.sort_unstable();
+        Self {
+            groups,
+            unanswered_nodes,
+        }
+    }
+}
+
+/// A member of a group, as the coordinator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub member_id: String,
+    /// The static member's instance id.
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub member_epoch: i64,
+    pub topics: Vec<String>,
+    /// The partitions the member may read now, sorted.
+    pub assignment: Vec<TopicPartition>,
+    /// Partitions the member was told to give up and has not yet reported released.
+    pub revoking: Vec<TopicPartition>,
+    pub last_heartbeat_ms_ago: u64,
+    /// A static member that left for a restart and keeps its partitions meanwhile.
+    pub away: bool,
+}
+
+impl From<proto::GroupMember> for GroupMember {
+    fn from(member: proto::GroupMember) -> Self {
+        Self {
+            member_id: member.member_id,
+            instance_id: (!member.instance_id.is_empty()).then_some(member.instance_id),
+            client_id: member.client_id,
+            member_epoch: member.member_epoch,
+            topics: member.topics,
+            assignment: from_wire_partitions(member.assignment).into_iter().collect(),
+            revoking: from_wire_partitions(member.revoking).into_iter().collect(),
+            last_heartbeat_ms_ago: member.last_heartbeat_ms_ago,
+            away: member.away,
+        }
+    }
+}
+
+/// A partition of a group: its committed offset, how far the log is ahead of it, who reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPartitionOffset {
+    pub topic: String,
+    pub partition: u32,
+    /// `None`: nothing committed.
+    pub committed_offset: Option<u64>,
+    /// Stored with the committed offset.
+    pub metadata: String,
+    /// `None` when neither the coordinator nor the partition's leader could tell.
+    pub high_watermark: Option<u64>,
+    /// `high_watermark - committed_offset` (from offset 0 when nothing is committed).
+    pub lag: Option<u64>,
+    /// The member that owns the partition.
+    pub member_id: Option<String>,
+}
+
+impl GroupPartitionOffset {
+    /// Fills in the high watermark (and so the lag) the coordinator could not tell.
+    pub(crate) fn set_high_watermark(&mut self, high_watermark: u64) {
+        self.high_watermark = Some(high_watermark);
+        self.lag = Some(high_watermark.saturating_sub(self.committed_offset.unwrap_or(0)));
+    }
+}
+
+impl From<proto::GroupPartitionOffset> for GroupPartitionOffset {
+    fn from(offset: proto::GroupPartitionOffset) -> Self {
+        let committed_offset = u64::try_from(offset.committed_offset).ok();
+        let high_watermark = u64::try_from(offset.high_watermark).ok();
+        // Recomputed rather than taken from the wire when the watermark is known, so it is
+        // never negative (a committed offset past a truncated log).
+        let lag = match high_watermark {
+            Some(high) => Some(high.saturating_sub(committed_offset.unwrap_or(0))),
+            None => u64::try_from(offset.lag).ok(),
+        };
+        Self {
+            topic: offset.topic,
+            partition: offset.partition,
+            committed_offset,
+            metadata: offset.metadata,
+            high_watermark,
+            lag,
+            member_id: (!offset.member_id.is_empty()).then_some(offset.member_id),
+        }
+    }
+}
+
+/// A group's members, their assignments, and every partition's committed offset and lag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group: String,
+    pub state: GroupState,
+    /// Bumps whenever members or subscriptions change.
+    pub group_epoch: u64,
+    pub strategy: AssignmentStrategy,
+    /// Node id of the coordinator that answered.
+    pub coordinator: u64,
+    /// Sorted by member id.
+    pub members: Vec<GroupMember>,
+    /// Every partition of the subscribed topics and every partition with a committed offset,
+    /// sorted by topic and partition.
+    pub offsets: Vec<GroupPartitionOffset>,
+}
+
+impl GroupDescription {
+    /// Total lag over the partitions whose lag is known.
+    pub fn total_lag(&self) -> u64 {
+        self.offsets.iter().filter_map(|offset| offset.lag).sum()
+    }
+}
+
+impl From<proto::GroupDescription> for GroupDescription {
+    fn from(description: proto::GroupDescription) -> Self {
+        let strategy = proto::AssignmentStrategy::try_from(description.strategy)
+            .map(AssignmentStrategy::from)
+            .unwrap_or_default();
+        let mut members: Vec<GroupMember> = description.members.into_iter().map(Into::into).collect();
+        members.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+        let mut offsets: Vec<GroupPartitionOffset> = description.offsets.into_iter().map(Into::into).collect();
+        offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Self {
+            group: description.group,
+            state: description.state.into(),
+            group_epoch: description.group_epoch,
+            strategy,
+            coordinator: description.coordinator,
+            members,
+            offsets,
+        }
+    }
+}
+
+/// A group's committed offset of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: u32,
+    /// The next offset to consume; `None`: nothing committed.
+    pub offset: Option<u64>,
+    pub metadata: String,
+}
+
+impl From<proto::CommittedOffset> for CommittedOffset {
+    fn from(committed: proto::CommittedOffset) -> Self {
+        Self {
+            topic: committed.topic,
+            partition: committed.partition,
+            offset: u64::try_from(committed.offset).ok(),
+            metadata: committed.metadata,
+        }
+    }
+}
+
 /// The wire uses node id 0 for "no leader".
 fn leader(node_id: u64) -> Option<u64> {
     (node_id != 0).then_some(node_id)
@@ -334,6 +624,91 @@ mod tests {
         );
         let wire: proto::TopicConfig = config.clone().into();
         assert_eq!(TopicConfig::from(wire), config);
+    }
+
+    #[test]
+    fn partitions_group_per_topic_on_the_wire() {
+        let set: BTreeSet<TopicPartition> = [("b", 1), ("a", 2), ("b", 0), ("a", 0)]
+            .into_iter()
+            .map(|(topic, partition)| TopicPartition::new(topic, partition))
+            .collect();
+        let wire = to_wire_partitions(&set);
+        assert_eq!(wire.len(), 2);
+        assert_eq!((wire[0].topic.as_str(), wire[0].partitions.clone()), ("a", vec![0, 2]));
+        assert_eq!((wire[1].topic.as_str(), wire[1].partitions.clone()), ("b", vec![0, 1]));
+        assert_eq!(from_wire_partitions(wire), set);
+        assert_eq!(TopicPartition::new("t", 3).to_string(), "t/3");
+    }
+
+    #[test]
+    fn group_descriptions_convert_unknowns_to_none() {
+        let description = GroupDescription::from(proto::GroupDescription {
+            group: "g".into(),
+            state: "reconciling".into(),
+            group_epoch: 4,
+            strategy: proto::AssignmentStrategy::RoundRobin as i32,
+            coordinator: 2,
+            members: vec![proto::GroupMember {
+                member_id: "m1".into(),
+                instance_id: String::new(),
+                client_id: "c".into(),
+                member_epoch: 7,
+                topics: vec!["t".into()],
+                assignment: vec![proto::TopicPartitions {
+                    topic: "t".into(),
+                    partitions: vec![1, 0],
+                }],
+                revoking: Vec::new(),
+                last_heartbeat_ms_ago: 12,
+                away: false,
+            }],
+            offsets: vec![
+                proto::GroupPartitionOffset {
+                    topic: "t".into(),
+                    partition: 1,
+                    committed_offset: -1,
+                    metadata: String::new(),
+                    high_watermark: 10,
+                    lag: 10,
+                    member_id: "m1".into(),
+                },
+                proto::GroupPartitionOffset {
+                    topic: "t".into(),
+                    partition: 0,
+                    committed_offset: 5,
+                    metadata: "m".into(),
+                    high_watermark: -1,
+                    lag: -1,
+                    member_id: String::new(),
+                },
+            ],
+        });
+        assert_eq!(description.state, GroupState::Reconciling);
+        assert_eq!(description.strategy, AssignmentStrategy::RoundRobin);
+        let member = &description.members[0];
+        assert_eq!(member.instance_id, None);
+        assert_eq!(
+            member.assignment,
+            vec![TopicPartition::new("t", 0), TopicPartition::new("t", 1)]
+        );
+        let [first, second] = &description.offsets[..] else {
+            panic!("two partitions")
+        };
+        assert_eq!((first.partition, first.committed_offset), (0, Some(5)));
+        assert_eq!(
+            (first.high_watermark, first.lag, first.member_id.as_deref()),
+            (None, None, None)
+        );
+        assert_eq!(
+            (second.committed_offset, second.high_watermark, second.lag),
+            (None, Some(10), Some(10))
+        );
+        let mut first = first.clone();
+        first.set_high_watermark(8);
+        assert_eq!(first.lag, Some(3));
+        first.set_high_watermark(2);
+        assert_eq!(first.lag, Some(0), "never negative");
+        assert_eq!(GroupState::from("later".to_owned()).as_str(), "later");
     }
 
     #[test]

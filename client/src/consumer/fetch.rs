@@ -52,7 +52,7 @@ pub struct Watermarks {
 }
 
 /// Looks up an offset with ListOffsets. Also answers the partition's watermarks.
-pub(super) async fn list_offset(
+pub(crate) async fn list_offset(
     cluster: &Cluster,
     topic: &str,
     partition: u32,

@@ -1,27 +1,70 @@
-//! The consumer: reads assigned partitions from their positions onwards.
+//! The consumer: reads partitions from their positions onwards, assigned by hand or by a
+//! consumer group's coordinator.
 //!
-//! Partitions are assigned by hand ([`Consumer::assign`], [`Consumer::assign_all`]); consumer
-//! groups will add a `subscribe` beside them. Each assigned partition has at most one fetch in
-//! flight, a long poll of up to `max_wait_ms`; the fetches of all partitions run concurrently and
-//! [`Consumer::poll`] returns the records of whichever answer first. A partition's position is
-//! the next offset to fetch; [`Consumer::seek`] moves it (by offset, to either end, or by time)
-//! and discards what was fetched from the old position.
+//! # Reading
+//!
+//! Each partition the consumer reads has at most one fetch in flight, a long poll of up to
+//! `max_wait_ms`; the fetches of all partitions run concurrently and [`Consumer::poll`] returns
+//! the records of whichever answer first. A partition's position is the next offset to fetch;
+//! [`Consumer::seek`] moves it (by offset, to either end, or by time) and discards what was
+//! fetched from the old position.
+//!
+//! # Manual assignment
+//!
+//! [`Consumer::assign`] and [`Consumer::assign_all`] pick partitions by hand; they start at the
+//! configured `start`. With a `group_id` in the config, such a consumer can still commit its
+//! positions to the group (as a consumer outside group management, allowed while the group has
+//! no members).
+//!
+//! # Consumer groups
+//!
+//! [`Consumer::subscribe`] (needs `group_id`; excludes manual assignment) makes the consumer a
+//! member of its group. A background task per subscribed consumer (`heartbeat`) joins the group
+//! and heartbeats with the partitions the consumer owns; the coordinator (the leader of the
+//! group's `__consumer_offsets` partition) computes the assignment, incrementally: a partition
+//! moves only after its previous owner reported it released, so no two members read it at once.
+//!
+//! Rebalances happen inside `poll`, before it returns any record (`group`): partitions revoked
+//! are given up first (their consumed positions committed when `auto_commit` is on, then
+//! [`RebalanceListener::on_revoked`], then their fetches and buffered records dropped and their
+//! release reported at once), then assigned partitions are taken on from their committed offsets
+//! (else `start`) and [`RebalanceListener::on_assigned`] runs. `poll` waits (it does not fail)
+//! while the member owns nothing.
+//!
+//! The *consumed position* of a partition is the offset after the last record `poll` or
+//! `stream` returned, not what is buffered: that is what [`Consumer::commit`], auto-commit
+//! (every `auto_commit_interval_ms`, at the start of `poll`; before a revocation; on `close`)
+//! and [`GroupCommitter::commit`] commit. Commits carry the member's id and epoch; a member the
+//! coordinator fenced loses its partitions ([`RebalanceListener::on_lost`]) and joins again.
+//!
+//! Liveness: a member that does not call `poll` for `poll_timeout_ms` leaves the group (its
+//! partitions go to others, and count as lost; the next `poll` joins again); one whose
+//! heartbeats went unanswered for the session timeout drops its partitions (the coordinator has
+//! evicted it) and joins again. [`Consumer::close`] commits, leaves and stops the task; dropping
+//! a subscribed consumer also leaves, in the background.
 
 mod fetch;
+mod group;
+mod heartbeat;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+pub use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
+use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::config::{ClientConfig, ConsumerConfig, SeekTo};
 use crate::error::{Error, Result};
 use crate::record::ConsumerRecord;
+use crate::types::TopicPartition;
+pub(crate) use fetch::list_offset;
 pub use fetch::Watermarks;
 use fetch::{FetchOutcome, Start};
+use group::{wire_offset, CommitTarget, Membership, Shared};
+pub use group::{GroupCommitter, RebalanceListener};
 
 /// An assigned partition.
 #[derive(Debug)]
@@ -37,17 +80,28 @@ struct Assigned {
     fetching: bool,
     /// Watermarks from the latest fetch of this partition.
     watermarks: Option<Watermarks>,
+    /// The offset after the last record returned by `poll`/`stream` (or the position reading
+    /// started at, or the latest seek): what a commit of this partition sends.
+    consumed: Option<u64>,
+    /// The group's committed offset as this consumer last learned it (fetched when the
+    /// partition was assigned, or committed since); auto-commit skips positions not past it.
+    committed: Option<u64>,
 }
 
-/// Reads records from assigned partitions.
+/// Reads records from partitions assigned by hand or by its consumer group.
 pub struct Consumer {
     cluster: Arc<Cluster>,
     config: ConsumerConfig,
+    /// The partitions read: assigned by hand, or owned as a group member.
     assigned: Vec<Assigned>,
     in_flight: FuturesUnordered<BoxFuture<'static, FetchOutcome>>,
     /// Records fetched but not yet handed out, in fetch order.
     buffered: VecDeque<ConsumerRecord>,
     next_epoch: u64,
+    /// Set by `subscribe`.
+    membership: Option<Membership>,
+    listener: Option<Box<dyn RebalanceListener>>,
+    next_auto_commit: Instant,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -56,6 +110,7 @@ impl std::fmt::Debug for Consumer {
             .field("config", &self.config)
             .field("assigned", &self.assigned)
             .field("buffered", &self.buffered.len())
+            .field("membership", &self.membership)
             .finish_non_exhaustive()
     }
 }
@@ -63,10 +118,12 @@ impl std::fmt::Debug for Consumer {
 impl Consumer {
     /// A consumer with its own connections.
     pub fn new(client: ClientConfig, config: ConsumerConfig) -> Result<Self> {
+        config.validate()?;
         Ok(Self::with_cluster(Cluster::new(client)?, config))
     }
 
     pub(crate) fn with_cluster(cluster: Arc<Cluster>, config: ConsumerConfig) -> Self {
+        let next_auto_commit = Instant::now() + Duration::from_millis(config.auto_commit_interval_ms);
         Self {
             cluster,
             config,
@@ -74,6 +131,9 @@ impl Consumer {
             in_flight: FuturesUnordered::new(),
             buffered: VecDeque::new(),
             next_epoch: 0,
+            membership: None,
+            listener: None,
+            next_auto_commit,
         }
     }
 
@@ -82,8 +142,15 @@ impl Consumer {
     }
 
     /// Adds partitions of `topic` to the assignment, starting at the configured `start`.
-    /// Partitions already assigned keep their position.
+    /// Partitions already assigned keep their position. Not for a subscribed consumer.
     pub async fn assign(&mut self, topic: &str, partitions: &[u32]) -> Result<()> {
+        if self.membership.is_some() {
+            return Err(Error::InvalidArgument(
+                "this consumer is subscribed: its group assigns its partitions (assign and subscribe are \
+                 mutually exclusive)"
+                    .into(),
+            ));
+        }
         let count = self.cluster.partition_count(topic).await?;
         if let Some(&partition) = partitions.iter().find(|&&partition| partition >= count) {
             return Err(Error::PartitionNotFound {
@@ -104,6 +171,8 @@ impl Consumer {
                 epoch,
                 fetching: false,
                 watermarks: None,
+                consumed: None,
+                committed: None,
             });
         }
         Ok(())
@@ -117,13 +186,18 @@ impl Consumer {
         Ok(partitions)
     }
 
-    /// Removes the topic's partitions from the assignment.
+    /// Removes the topic's partitions from the assignment. Does nothing to a subscribed
+    /// consumer, whose group decides what it reads.
     pub fn unassign(&mut self, topic: &str) {
+        if self.membership.is_some() {
+            tracing::warn!(topic, "unassign ignored: the consumer is subscribed");
+            return;
+        }
         self.assigned.retain(|assigned| assigned.topic != topic);
         self.buffered.retain(|record| record.topic != topic);
     }
 
-    /// The assigned partitions, in assignment order.
+    /// The partitions read (assigned by hand, or owned as a group member), in assignment order.
     pub fn assignment(&self) -> Vec<(String, u32)> {
         self.assigned
             .iter()
@@ -169,6 +243,7 @@ impl Consumer {
         let epoch = self.bump_epoch();
         let assigned = &mut self.assigned[index];
         assigned.position = Some(offset);
+        assigned.consumed = Some(offset);
         assigned.epoch = epoch;
         assigned.fetching = false;
         self.buffered
@@ -184,43 +259,218 @@ impl Consumer {
         Ok(())
     }
 
-    /// Waits for the next records of any assigned partition and returns them (never an empty
+    /// Waits for the next records of any partition read and returns them (never an empty
     /// list). Retriable errors are retried for `retry_timeout_ms` before they are returned; an
     /// error concerns one partition, and the next call fetches it again (after an
-    /// `OffsetOutOfRange`, seek first). Cancel-safe: dropping the future loses no records.
+    /// `OffsetOutOfRange`, seek first). A subscribed consumer carries out rebalances here first
+    /// and waits while it owns no partition. Cancel-safe: dropping the future loses no records
+    /// (a rebalance it interrupted is finished by the next call; its listener callbacks may run
+    /// again).
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>> {
         self.fill().await?;
-        Ok(self.buffered.drain(..).collect())
+        let records: Vec<ConsumerRecord> = self.buffered.drain(..).collect();
+        for record in &records {
+            self.note_consumed(record);
+        }
+        Ok(records)
     }
 
-    /// The records of every assigned partition, one at a time, without end. An error is yielded
+    /// The records of every partition read, one at a time, without end. An error is yielded
     /// and reading goes on; drop the stream to stop.
     pub fn stream(&mut self) -> impl Stream<Item = Result<ConsumerRecord>> + Unpin + Send + '_ {
         Box::pin(futures::stream::unfold(self, |consumer| async move {
             let next = match consumer.fill().await {
-                Ok(()) => consumer
-                    .buffered
-                    .pop_front()
-                    .ok_or_else(|| Error::Internal("no record after fill".into())),
+                Ok(()) => match consumer.buffered.pop_front() {
+                    Some(record) => {
+                        consumer.note_consumed(&record);
+                        Ok(record)
+                    }
+                    None => Err(Error::Internal("no record after fill".into())),
+                },
                 Err(error) => Err(error),
             };
             Some((next, consumer))
         }))
     }
 
+    /// Advances the consumed position of a record's partition as it is handed out.
+    fn note_consumed(&mut self, record: &ConsumerRecord) {
+        if let Some(index) = self.find(&record.topic, record.partition) {
+            self.assigned[index].consumed = Some(record.offset + 1);
+        }
+    }
+
     /// Fetches until at least one record is buffered.
     async fn fill(&mut self) -> Result<()> {
-        if self.assigned.is_empty() {
-            return Err(Error::InvalidArgument("no partitions assigned".into()));
-        }
-        while self.buffered.is_empty() {
-            self.start_fetches();
-            let Some(outcome) = self.in_flight.next().await else {
-                return Err(Error::Internal("no fetch in flight".into()));
+        let _polling = self.membership.as_ref().map(|membership| membership.shared.polling());
+        self.maybe_auto_commit().await;
+        loop {
+            self.reconcile().await?;
+            if !self.buffered.is_empty() {
+                return Ok(());
+            }
+            let Some(shared) = self.membership.as_ref().map(|membership| membership.shared.clone()) else {
+                if self.assigned.is_empty() {
+                    return Err(Error::InvalidArgument("no partitions assigned".into()));
+                }
+                self.start_fetches();
+                let Some(outcome) = self.in_flight.next().await else {
+                    return Err(Error::Internal("no fetch in flight".into()));
+                };
+                self.apply(outcome)?;
+                continue;
             };
-            self.apply(outcome)?;
+            self.start_fetches();
+            // A member waits for records, or for news from its heartbeat task.
+            tokio::select! {
+                Some(outcome) = self.in_flight.next(), if !self.in_flight.is_empty() => self.apply(outcome)?,
+                () = shared.to_consumer.notified() => {}
+            }
         }
+    }
+
+    /// Joins the consumer group (`group_id`) and reads the partitions its coordinator assigns
+    /// from the subscribed topics; see the module doc. Called again, it changes the
+    /// subscription. Must be called within a tokio runtime (it starts the heartbeat task).
+    pub fn subscribe(&mut self, topics: &[&str]) -> Result<()> {
+        self.config.validate()?;
+        if self.config.group_id.is_none() {
+            return Err(Error::Config("subscribe needs a group_id in the ConsumerConfig".into()));
+        }
+        if topics.is_empty() || topics.iter().any(|topic| topic.is_empty()) {
+            return Err(Error::InvalidArgument("subscribe needs one or more topic names".into()));
+        }
+        if self.membership.is_none() && !self.assigned.is_empty() {
+            return Err(Error::InvalidArgument(
+                "this consumer has partitions assigned by hand: assign and subscribe are mutually exclusive \
+                 (unassign them first)"
+                    .into(),
+            ));
+        }
+        let mut topics: Vec<String> = topics.iter().map(|topic| (*topic).to_owned()).collect();
+        topics.sort();
+        topics.dedup();
+        if let Some(membership) = &self.membership {
+            let mut state = membership.shared.lock();
+            if state.topics != topics {
+                state.topics = topics;
+                state.topics_changed = true;
+                membership.shared.to_task.notify_one();
+            }
+            return Ok(());
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Config("subscribe must be called within a tokio runtime".into()))?;
+        let shared = Arc::new(Shared::new(topics));
+        let task = runtime.spawn(heartbeat::run(
+            self.cluster.clone(),
+            self.config.clone(),
+            shared.clone(),
+        ));
+        self.membership = Some(Membership {
+            shared,
+            task: Some(task),
+            seen_assignment: 0,
+            seen_lost: 0,
+        });
         Ok(())
+    }
+
+    /// Sets what sees this consumer's rebalances (replacing any previous listener).
+    pub fn set_rebalance_listener(&mut self, listener: impl RebalanceListener + 'static) {
+        self.listener = Some(Box::new(listener));
+    }
+
+    /// The member id the coordinator gave this consumer; `None` unless subscribed and joined.
+    pub fn member_id(&self) -> Option<String> {
+        let membership = self.membership.as_ref()?;
+        membership.shared.identity().map(|(member_id, _)| member_id)
+    }
+
+    /// The member's epoch (changes with its assignment); `None` unless subscribed and joined.
+    pub fn member_epoch(&self) -> Option<i64> {
+        let membership = self.membership.as_ref()?;
+        membership.shared.identity().map(|(_, epoch)| epoch)
+    }
+
+    /// Commits the consumed position (the offset after the last record returned) of every
+    /// partition read, and waits for the coordinator's answer. Needs a `group_id`. A subscribed
+    /// consumer commits as its member; a fenced answer (`Error::Fenced`) means its partitions
+    /// are lost, and the next `poll` drops them.
+    pub async fn commit(&mut self) -> Result<()> {
+        self.commit_consumed(None, true).await
+    }
+
+    /// Commits explicit offsets: (topic, partition, next offset to consume, metadata). The
+    /// group's committed offsets never move backwards: an offset below the committed one is
+    /// refused (`InvalidArgument`).
+    pub async fn commit_offsets(&mut self, offsets: &[(&str, u32, u64, &str)]) -> Result<()> {
+        let Some(group) = self.config.group_id.clone() else {
+            return Err(Error::Config("commits need a group_id in the ConsumerConfig".into()));
+        };
+        let offsets: Vec<weir_proto::v1::CommitOffset> = offsets
+            .iter()
+            .map(|(topic, partition, offset, metadata)| wire_offset(topic, *partition, *offset, metadata))
+            .collect();
+        let target = CommitTarget {
+            cluster: &self.cluster,
+            group: &group,
+            shared: self.membership.as_ref().map(|membership| &*membership.shared),
+            retry_timeout: Duration::from_millis(self.config.retry_timeout_ms),
+        };
+        target.commit(offsets.clone()).await?;
+        self.note_committed(&offsets);
+        Ok(())
+    }
+
+    /// The group's committed offset of a partition (the next offset to consume); `None` if
+    /// nothing is committed. Needs a `group_id`.
+    pub async fn committed(&self, topic: &str, partition: u32) -> Result<Option<u64>> {
+        let Some(group) = &self.config.group_id else {
+            return Err(Error::Config(
+                "committed offsets need a group_id in the ConsumerConfig".into(),
+            ));
+        };
+        let retry_timeout = Duration::from_millis(self.config.retry_timeout_ms);
+        let wanted = [TopicPartition::new(topic, partition)];
+        let offsets = group::fetch_committed(&self.cluster, group, &wanted, retry_timeout).await?;
+        Ok(offsets
+            .into_iter()
+            .find(|offset| offset.topic == topic && offset.partition == partition)
+            .and_then(|offset| u64::try_from(offset.offset).ok()))
+    }
+
+    /// Stops consuming: with auto-commit, commits the consumed positions; a subscribed consumer
+    /// then gives its partitions up (`on_revoked`) and leaves the group (a static member leaves
+    /// for a restart and keeps its partitions until it rejoins or its session times out), and
+    /// its heartbeat task stops. Returns the commit's error, if any, after leaving.
+    pub async fn close(mut self) -> Result<()> {
+        let committed = if self.config.auto_commit && self.config.group_id.is_some() {
+            self.commit_consumed(None, false).await
+        } else {
+            Ok(())
+        };
+        let owned: Vec<TopicPartition> = self.owned().into_iter().collect();
+        if self.membership.is_some() && !owned.is_empty() {
+            let committer = self.committer();
+            if let Some(listener) = self.listener.as_mut() {
+                listener.on_revoked(&owned, &committer).await;
+            }
+            self.drop_partitions(&owned);
+        }
+        let Some(mut membership) = self.membership.take() else {
+            return committed;
+        };
+        membership.shared.close();
+        if let Some(task) = membership.task.take() {
+            // The task leaves within its own bound; this one only guards against a task that
+            // cannot run (a runtime shutting down).
+            let bound = self.cluster.config().request_timeout() + Duration::from_secs(10);
+            if tokio::time::timeout(bound, task).await.is_err() {
+                tracing::warn!("the heartbeat task did not stop in time");
+            }
+        }
+        committed
     }
 
     fn start_fetches(&mut self) {
@@ -251,6 +501,8 @@ impl Consumer {
         }
         assigned.fetching = false;
         let fetched = outcome.result?;
+        // Reading started here: a commit before any record is returned keeps this position.
+        assigned.consumed.get_or_insert(fetched.offset);
         assigned.position = Some(fetched.next_offset);
         assigned.watermarks = Some(Watermarks {
             log_start_offset: fetched.log_start_offset,
@@ -270,5 +522,14 @@ impl Consumer {
     fn bump_epoch(&mut self) -> u64 {
         self.next_epoch += 1;
         self.next_epoch
+    }
+}
+
+impl Drop for Consumer {
+    /// A subscribed consumer's heartbeat task leaves the group in the background and stops.
+    fn drop(&mut self) {
+        if let Some(membership) = &self.membership {
+            membership.shared.close();
+        }
     }
 }

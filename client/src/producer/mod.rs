@@ -29,14 +29,8 @@ use crate::config::{ClientConfig, ProducerConfig};
 use crate::error::{Error, Result};
 use crate::partitioner;
 use crate::record::{now_ms, ProducerRecord, RecordMetadata};
+use crate::types::TopicPartition;
 use accumulator::{PartitionQueue, Reservation, RECORD_BOOKKEEPING_BYTES};
-
-/// A topic's partition: the key of the producer's queues.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct TopicPartition {
-    pub(crate) topic: String,
-    pub(crate) partition: u32,
-}
 
 /// The partition keyless records of a topic go to, and the partition count it was chosen from.
 #[derive(Debug, Clone, Copy)]
