@@ -254,7 +254,7 @@ impl Coordinator {
         if request.rebalance_timeout_ms == 0 {
             request.rebalance_timeout_ms = self.config.rebalance_timeout_default.as_millis() as u64;
         }
-        let deadline = tokio::time::Instant::now() + max_wait.min(self.heartbeat_interval(request.session_timeout_ms));
+        let started = tokio::time::Instant::now();
         loop {
             let mut locked = self.lock_group(name).await?;
             let mut changed = locked.slot.changed.subscribe();
@@ -280,6 +280,7 @@ impl Coordinator {
             };
             let answer = locked.groups()[name].answer(&member).expect("member present");
             drop(locked);
+            let deadline = started + max_wait.min(self.heartbeat_interval(answer.session_timeout_ms));
             let expired = tokio::time::Instant::now() >= deadline;
             if joining || answer.member_epoch != request.member_epoch || expired {
                 return Ok(answer);
@@ -543,6 +544,7 @@ fn left(request: &Heartbeat, group_epoch: u64) -> Answer {
         assignment: BTreeSet::new(),
         group_epoch,
         reconciling: false,
+        session_timeout_ms: request.session_timeout_ms,
     }
 }
 

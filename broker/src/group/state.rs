@@ -178,6 +178,8 @@ pub struct Answer {
     pub assignment: BTreeSet<TopicPartition>,
     pub group_epoch: u64,
     pub reconciling: bool,
+    /// The member's session timeout (what its heartbeat interval derives from).
+    pub session_timeout_ms: u64,
 }
 
 /// Partition counts of topics (0: no such topic).
@@ -454,6 +456,7 @@ impl Group {
             assignment: member.assigned.clone(),
             group_epoch: self.membership.epoch,
             reconciling: member.assigned != member.target || !member.revoking.is_empty(),
+            session_timeout_ms: member.session_timeout_ms,
         })
     }
 

@@ -286,16 +286,14 @@ impl Groups for GroupService {
             answer = self.run(|| self.coordinator.heartbeat(&group, heartbeat.clone(), max_wait)) => answer?,
             _ = self.stopping.clone().wait() => return Err(Status::unavailable("the broker is shutting down")),
         };
-        let session = if heartbeat.session_timeout_ms == 0 {
-            self.coordinator.config().session_timeout_default.as_millis() as u64
-        } else {
-            heartbeat.session_timeout_ms
-        };
         Ok(Response::new(v1::GroupHeartbeatResponse {
             member_id: answer.member_id,
             member_epoch: answer.member_epoch,
             assignment: partitions_to(&answer.assignment),
-            heartbeat_interval_ms: self.coordinator.heartbeat_interval(session).as_millis() as u32,
+            heartbeat_interval_ms: self
+                .coordinator
+                .heartbeat_interval(answer.session_timeout_ms)
+                .as_millis() as u32,
             group_epoch: answer.group_epoch,
             reconciling: answer.reconciling,
         }))
