@@ -207,6 +207,7 @@ impl Node {
         };
         self.health.set_serving(false);
         tracing::info!("server stopped; closing partitions");
+        self.cluster.stop_reconciling().await;
         drop(self.cluster);
         stop_driver(self.driver).await;
         // Liveness answers until the logs are closed.

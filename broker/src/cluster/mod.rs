@@ -123,6 +123,8 @@ pub struct Cluster {
     by_name: RwLock<HashMap<(String, PartitionId), GroupId>>,
     /// Serialises reconcile passes.
     reconciling: Mutex<()>,
+    /// Set when the node stops: no pass starts or opens a replica after it.
+    stopped: std::sync::atomic::AtomicBool,
     /// Where clients reach each node: the address it announced (its `--advertise`), else its
     /// `--peers` address (which is also where peers reach it).
     client_addresses: RwLock<BTreeMap<NodeId, String>>,
@@ -168,6 +170,7 @@ impl Cluster {
             running: RwLock::new(HashMap::new()),
             by_name: RwLock::new(HashMap::new()),
             reconciling: Mutex::new(()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             ready: watch::channel(false).0,
         });
         let background = cluster.clone();
@@ -366,9 +369,24 @@ impl Cluster {
         }
     }
 
+    /// Stops reconciling (the node is stopping): waits for a pass under way to end, so that no
+    /// replica is opened after the logs are closed (a partition created during the stop is
+    /// opened on the next start instead).
+    pub async fn stop_reconciling(&self) {
+        self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _pass = self.reconciling.lock().await;
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Brings this node's running replicas in line with the applied state.
     async fn reconcile(&self) {
         let _pass = self.reconciling.lock().await;
+        if self.is_stopped() {
+            return;
+        }
         let desired = self.desired_replicas();
         let stale: Vec<GroupId> = {
             let running = self.running.read().unwrap_or_else(|p| p.into_inner());
@@ -378,6 +396,9 @@ impl Cluster {
             self.stop_replica(group).await;
         }
         for (group, (topic, assignment, config)) in desired {
+            if self.is_stopped() {
+                return;
+            }
             let log_config = self.effective_log_config(&config);
             let batch_bytes_max = config.batch_bytes_max.unwrap_or(self.config.batch_bytes_max_default);
             let existing = self.reconfigure(group, &log_config, batch_bytes_max);

@@ -339,6 +339,8 @@ pub struct ReadChunk {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub segments: usize,
+    /// The directory held no segment: the log was created by this open.
+    pub created: bool,
     /// A valid clean-shutdown marker was found and trusted: no data was scanned.
     pub clean_shutdown: bool,
     /// Bytes of segment data read (header hops and full checks).

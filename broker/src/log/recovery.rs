@@ -70,7 +70,10 @@ pub(super) fn open(dir: &Path, config: LogConfig) -> Result<(PartitionLog, Recov
         checkpoint,
         marker: marker.filter(|marker| bases.last() == Some(&marker.active_base)),
         cursor: Cursor::at_start(record.start),
-        report: RecoveryReport::default(),
+        report: RecoveryReport {
+            created: bases.is_empty(),
+            ..RecoveryReport::default()
+        },
         segments: Vec::new(),
         next_uid: 0,
     };
