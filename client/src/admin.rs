@@ -276,7 +276,8 @@ impl Admin {
     /// the earliest or latest offset, the first at or after a time, or an explicit offset
     /// (clamped to what the partition holds), and returns them as (partition, offset), sorted.
     /// The offsets are looked up here and sent as explicit values. Only while the group has no
-    /// members: `GroupNotEmpty` otherwise; `GroupNotFound` for a group that never committed.
+    /// members (`GroupNotEmpty` otherwise); a broker may refuse a group it does not know
+    /// (`GroupNotFound`).
     pub async fn reset_offsets(
         &self,
         group: &str,

@@ -29,7 +29,8 @@
 //! [`RebalanceListener::on_revoked`], then their fetches and buffered records dropped and their
 //! release reported at once), then assigned partitions are taken on from their committed offsets
 //! (else `start`) and [`RebalanceListener::on_assigned`] runs. `poll` waits (it does not fail)
-//! while the member owns nothing.
+//! while the member owns nothing. A committed offset that is out of range (removed by
+//! retention) restarts the partition from `start`, unless `start` is an explicit offset.
 //!
 //! The *consumed position* of a partition is the offset after the last record `poll` or
 //! `stream` returned, not what is buffered: that is what [`Consumer::commit`], auto-commit
@@ -500,7 +501,21 @@ impl Consumer {
             return Ok(()); // a seek moved the partition since this fetch began
         }
         assigned.fetching = false;
-        let fetched = outcome.result?;
+        let fetched = match outcome.result {
+            // A group member's committed offset that retention removed (or that is past a
+            // truncated log): start over from `start`, like Kafka's auto.offset.reset.
+            Err(Error::OffsetOutOfRange { start, end, .. })
+                if self.membership.is_some() && !matches!(self.config.start, SeekTo::Offset(_)) =>
+            {
+                tracing::warn!(topic = %assigned.topic, partition = assigned.partition, ?start, ?end,
+                    reset_to = ?self.config.start, "position out of range; resetting");
+                assigned.position = None;
+                assigned.seek = self.config.start;
+                assigned.consumed = None;
+                return Ok(());
+            }
+            result => result?,
+        };
         // Reading started here: a commit before any record is returned keeps this position.
         assigned.consumed.get_or_insert(fetched.offset);
         assigned.position = Some(fetched.next_offset);
