@@ -2,7 +2,7 @@
 //! Every batch is CRC-checked right after it is read; a mismatch is `Corrupt`, never served.
 
 use bytes::Bytes;
-use weir_proto::batch::{self, BatchKind, HEADER_LEN};
+use weir_proto::batch::{self, BatchHeader, BatchKind, HEADER_LEN};
 
 use super::error::LogError;
 use super::mapping::view;
@@ -89,6 +89,27 @@ impl PartitionLog {
         max_bytes: Option<u64>,
     ) -> Result<Vec<StoredEntry>, LogError> {
         self.collect(low, high, max_bytes, Payload::ControlOnly)
+    }
+
+    /// Headers of entries `[low, high)`, unchecked (for the producer table, which only takes
+    /// hints from them).
+    pub fn batch_headers(&self, low: RaftIndex, high: RaftIndex) -> Result<Vec<BatchHeader>, LogError> {
+        let mut headers = Vec::with_capacity(((high.0.saturating_sub(low.0)) as usize).min(1 << 16));
+        let mut index = low;
+        while index < high {
+            let segment = self.stored_segment(index)?;
+            let mut position = segment.find_index(index)?;
+            while index < high && position < segment.len {
+                let header = segment.header_at(position)?;
+                if header.index != index.0 {
+                    return Err(segment.corrupt(position, format!("expected entry {index}, found {}", header.index)));
+                }
+                position += u64::from(header.length);
+                headers.push(header);
+                index = index.next();
+            }
+        }
+        Ok(headers)
     }
 
     fn collect(

@@ -346,6 +346,7 @@ pub(super) fn open_group(
         (raft_config, logger),
         repair,
     );
+    group.rebuild_producers();
     // What the stored log and hard state say, not a placeholder, until the first round.
     group.publish_as_opened();
     Ok((

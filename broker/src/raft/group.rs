@@ -7,10 +7,11 @@ use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, MessageType};
 use raft::{RawNode, StateRole};
 use tokio::sync::{oneshot, watch};
 
+use super::producers::{ProducerTable, Stamp, Verdict, REBUILD_ENTRIES};
 use super::repair::Repair;
 use super::storage::{read_log, to_append, write_log, GroupStorage, SharedLog};
 use super::{Acks, Applier, Committed, Progress, ProposeError, Replication, Role};
-use crate::log::batch::HEADER_LEN;
+use crate::log::batch::{parse_header, HEADER_LEN};
 use crate::log::{Corruption, LogError};
 use crate::types::{GroupId, NodeId, Offset, RaftIndex, Term};
 
@@ -58,6 +59,8 @@ pub(super) struct Group {
     preferred_leader: Option<NodeId>,
     /// Set while the replica re-fetches entries it cut from a damaged log (see `repair`).
     repair: Option<Repair>,
+    /// Recent batches of idempotent producers in this log (see `producers`).
+    producers: ProducerTable,
     /// What the RawNode was built with, to build it again after a repair cut the log.
     raft_config: raft::Config,
     logger: slog::Logger,
@@ -85,6 +88,7 @@ impl Group {
             failure: None,
             preferred_leader,
             repair,
+            producers: ProducerTable::default(),
             raft_config: rebuild.0,
             logger: rebuild.1,
         }
@@ -425,7 +429,29 @@ impl Group {
     }
 
     /// Proposes one entry; the reply completes when it is persisted (Leader) or committed (All).
+    /// A retried batch of an idempotent producer whose first copy is in the log is not proposed
+    /// again: the reply carries the first copy's offsets once it is persisted or committed.
     pub fn propose(&mut self, data: Vec<u8>, acks: Acks, reply: oneshot::Sender<Result<Committed, ProposeError>>) {
+        let stamp = parse_header(&data).ok().and_then(|header| Stamp::of(&header));
+        if let Some(stamp) = &stamp {
+            if self.failure.is_none() && self.is_leader() {
+                let raft_log = &self.node.raft.raft_log;
+                match self
+                    .producers
+                    .check(stamp, |index, term| raft_log.term(index.0).ok() == Some(term.0))
+                {
+                    Verdict::New => {}
+                    Verdict::Duplicate { index, term } => {
+                        self.answer_duplicate(index, term, stamp.record_count, acks, reply);
+                        return;
+                    }
+                    Verdict::Refused(reason) => {
+                        let _ = reply.send(Err(ProposeError::Sequence(reason)));
+                        return;
+                    }
+                }
+            }
+        }
         if let Err(error) = self.check_proposal(data.len() as u64) {
             let _ = reply.send(Err(error));
             return;
@@ -436,13 +462,85 @@ impl Group {
             return;
         }
         self.unappended_bytes += bytes + HEADER_LEN as u64;
+        let (index, term) = (
+            RaftIndex(self.node.raft.raft_log.last_index()),
+            Term(self.node.raft.term),
+        );
+        if let Some(stamp) = &stamp {
+            self.producers.record(stamp, index, term);
+        }
         self.pending.push_back(Pending {
-            index: RaftIndex(self.node.raft.raft_log.last_index()),
-            term: Term(self.node.raft.term),
+            index,
+            term,
             acks,
             appended: None,
             reply: Some(reply),
         });
+    }
+
+    /// Answers a retried batch with its first copy, entry `index` of `term`: at once if that
+    /// entry is visible (or persisted, for acks=leader), else when it is, like a proposal.
+    fn answer_duplicate(
+        &mut self,
+        index: RaftIndex,
+        term: Term,
+        record_count: u32,
+        acks: Acks,
+        reply: oneshot::Sender<Result<Committed, ProposeError>>,
+    ) {
+        // Offsets are known once the entry is in this replica's log (not while raft-rs still
+        // holds it unpersisted: `append` fills them in then).
+        let appended = {
+            let log = read_log(self.node.store().log());
+            match (index <= log.last_index(), log.term(index)) {
+                (true, Ok(stored)) if stored == term => log
+                    .next_offset_after(index)
+                    .ok()
+                    .map(|next| (Offset(next.0 - u64::from(record_count)), next)),
+                _ => None,
+            }
+        };
+        let persisted = RaftIndex(self.node.raft.raft_log.persisted);
+        let ready = index <= self.visible_index || (acks == Acks::Leader && index <= persisted);
+        if let (Some((base_offset, next_offset)), true) = (appended, ready) {
+            let _ = reply.send(Ok(Committed {
+                index,
+                base_offset,
+                next_offset,
+            }));
+            return;
+        }
+        let at = self.pending.partition_point(|pending| pending.index <= index);
+        self.pending.insert(
+            at,
+            Pending {
+                index,
+                term,
+                acks,
+                appended,
+                reply: Some(reply),
+            },
+        );
+    }
+
+    /// Rebuilds the producer table from the last entries of the log (a replica just opened).
+    pub fn rebuild_producers(&mut self) {
+        let log = read_log(self.node.store().log());
+        let high = log.last_index().next();
+        let low = RaftIndex(high.0.saturating_sub(REBUILD_ENTRIES).max(log.first_index().0));
+        match log.batch_headers(low, high) {
+            Ok(headers) => {
+                for header in headers {
+                    if let Some(stamp) = Stamp::of(&header) {
+                        self.producers
+                            .record(&stamp, RaftIndex(header.index), Term(header.term));
+                    }
+                }
+            }
+            // A damaged tail is found and repaired by other paths; retries of batches in it are
+            // then stored again, as without idempotence.
+            Err(error) => tracing::warn!(group = %self.id, %error, "cannot rebuild the producer table"),
+        }
     }
 
     fn check_proposal(&mut self, bytes: u64) -> Result<(), ProposeError> {
@@ -499,6 +597,7 @@ impl Group {
                 .mut_store()
                 .apply_snapshot(&snapshot)
                 .map_err(|e| e.to_string())?;
+            self.producers.clear();
         }
         self.apply_committed(ready.take_committed_entries())?;
         let entries = ready.take_entries();
@@ -521,11 +620,16 @@ impl Group {
         let mut log = write_log(&log);
         if first.index <= log.last_index().0 {
             log.truncate_from(RaftIndex(first.index)).map_err(|e| e.to_string())?;
+            self.producers.truncate_from(RaftIndex(first.index));
         }
         let mut appended = Vec::with_capacity(entries.len());
         for entry in entries {
             let info = log.append(to_append(entry)).map_err(|e| e.to_string())?;
             appended.push((entry.index, entry.term, info));
+            // Followers learn the producers' batches here (the leader did when proposing).
+            if let Some(stamp) = parse_header(&entry.data).ok().and_then(|header| Stamp::of(&header)) {
+                self.producers.record(&stamp, RaftIndex(entry.index), Term(entry.term));
+            }
         }
         for pending in self.pending.iter_mut() {
             if let Ok(at) = appended.binary_search_by_key(&pending.index.0, |(index, _, _)| *index) {

@@ -12,6 +12,8 @@
 //! - `state_snapshot`: the state snapshot of a group with an [`Applier`] (the controller): its
 //!   file, and how raft snapshots carry it to followers that need compacted entries.
 //! - `logger`: raft-rs's slog output routed into tracing, keeping `raft_id` and `group`.
+//! - `producers`: idempotent produce: each producer's recent batches in the log, so that a
+//!   retried batch is answered with its first copy's offsets instead of being stored twice.
 //!
 //! # Invariants
 //! - No request handler touches a RawNode: it sends a proposal to the group's bounded mailbox
@@ -24,6 +26,7 @@
 mod driver;
 mod group;
 mod logger;
+mod producers;
 mod repair;
 mod scrub;
 #[cfg(test)]
@@ -79,6 +82,9 @@ pub enum ProposeError {
     Failed(String),
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// An idempotent producer's batch with a sequence that is neither new nor a recent batch.
+    #[error("{0}")]
+    Sequence(String),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -225,3 +225,68 @@ async fn an_interrupted_snapshot_install_is_finished_at_open() {
     assert_eq!(super::read_log(handle.log()).log_start().index.0, 50);
     driver.shutdown();
 }
+
+fn idempotent_batch(records: usize, first_sequence: i32) -> Vec<u8> {
+    let mut builder = BatchBuilder::new();
+    for i in 0..records {
+        builder
+            .push(1_700_000_000_000 + i as i64, None, Some(&[b'i'; 100]), &[])
+            .unwrap();
+    }
+    builder.set_producer(42, 0, first_sequence);
+    builder.finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_idempotent_batch_is_stored_once_even_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (driver, handle) = start(dir.path());
+    wait_leader(&handle).await;
+    let first = handle.propose(idempotent_batch(3, 0), Acks::All).unwrap();
+    // The retry arrives while the first copy is still on its way: both get its offsets.
+    let retry = handle.propose(idempotent_batch(3, 0), Acks::All).unwrap();
+    let (first, retry) = (first.await.unwrap().unwrap(), retry.await.unwrap().unwrap());
+    assert_eq!(first, retry);
+    let next = handle
+        .propose(idempotent_batch(2, 3), Acks::All)
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.base_offset, Offset(3));
+    // A retry after the commit, too; an old sequence that is not a recent batch is refused.
+    let late = handle
+        .propose(idempotent_batch(3, 0), Acks::Leader)
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(late, first);
+    let refused = handle
+        .propose(idempotent_batch(1, 1), Acks::All)
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(matches!(refused, Err(ProposeError::Sequence(_))), "{refused:?}");
+    assert_eq!(handle.progress().high_watermark, Offset(5));
+    driver.shutdown();
+
+    // After a restart the table is rebuilt from the log: the retry is still a duplicate.
+    let (driver, handle) = start(dir.path());
+    wait_leader(&handle).await;
+    let after_restart = handle
+        .propose(idempotent_batch(2, 3), Acks::All)
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after_restart, next);
+    let new = handle
+        .propose(idempotent_batch(1, 5), Acks::All)
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.base_offset, Offset(5));
+    driver.shutdown();
+}

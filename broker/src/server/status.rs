@@ -61,6 +61,7 @@ pub fn from_propose(error: ProposeError, leader_address: impl Fn(NodeId) -> Opti
         ProposeError::NoSuchGroup(_) => Status::not_found(error.to_string()),
         ProposeError::Failed(message) => Status::unavailable(format!("partition replica failed: {message}")),
         ProposeError::ShuttingDown => Status::unavailable(error.to_string()),
+        ProposeError::Sequence(message) => Status::invalid_argument(message),
     }
 }
 
