@@ -185,6 +185,11 @@ pub struct ProducerConfig {
     /// How long the producer keeps retrying a batch on retriable errors, counted from when the
     /// batch was started, before it fails the batch's records.
     pub delivery_timeout_ms: u64,
+    /// Idempotent produce (default on): batches carry a producer id and per-partition sequence
+    /// numbers, so the producer can resend a batch whose outcome is unknown (a timeout, a cut
+    /// connection, a leader change) and the broker stores it once, answering the retry with the
+    /// first copy's offsets. Off: such batches fail with the unknown-outcome error instead.
+    pub idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -195,6 +200,7 @@ impl Default for ProducerConfig {
             batch_bytes_max: 1024 * 1024,
             buffer_bytes_max: 64 * 1024 * 1024,
             delivery_timeout_ms: 30_000,
+            idempotence: true,
         }
     }
 }
@@ -222,6 +228,12 @@ impl ProducerConfig {
 
     pub fn delivery_timeout_ms(mut self, timeout_ms: u64) -> Self {
         self.delivery_timeout_ms = timeout_ms;
+        self
+    }
+
+    /// See [`ProducerConfig::idempotence`].
+    pub fn idempotence(mut self, idempotence: bool) -> Self {
+        self.idempotence = idempotence;
         self
     }
 

@@ -124,6 +124,31 @@ pub(crate) struct PartitionQueue {
     pub(crate) completed: watch::Sender<u64>,
     /// Wakes the partition's sender task.
     pub(crate) wake: Arc<Notify>,
+    /// Idempotent produce: the producer's id, and this partition's epoch and next sequence.
+    idempotence: Option<Sequencer>,
+}
+
+/// Stamps a partition's batches with the producer id, an epoch and consecutive sequence
+/// numbers (of records), in the order they close, which is the order they are sent.
+#[derive(Debug, Clone, Copy)]
+struct Sequencer {
+    producer_id: i64,
+    epoch: i16,
+    next_sequence: i32,
+}
+
+impl Sequencer {
+    fn stamp(&mut self, builder: &mut BatchBuilder) {
+        let count = builder.record_count() as i32;
+        if self.next_sequence.checked_add(count).is_none() {
+            // Sequences would wrap: a new epoch starts them afresh (the broker accepts a newer
+            // epoch as a new start).
+            self.epoch = self.epoch.wrapping_add(1).max(0);
+            self.next_sequence = 0;
+        }
+        builder.set_producer(self.producer_id, self.epoch, self.next_sequence);
+        self.next_sequence += count;
+    }
 }
 
 impl Default for PartitionQueue {
@@ -134,11 +159,24 @@ impl Default for PartitionQueue {
             batches_started: 0,
             completed: watch::Sender::new(0),
             wake: Arc::new(Notify::new()),
+            idempotence: None,
         }
     }
 }
 
 impl PartitionQueue {
+    /// A queue whose batches carry `producer_id` (`None`: not idempotent).
+    pub(crate) fn new(producer_id: Option<i64>) -> Self {
+        Self {
+            idempotence: producer_id.map(|producer_id| Sequencer {
+                producer_id,
+                epoch: 0,
+                next_sequence: 0,
+            }),
+            ..Self::default()
+        }
+    }
+
     /// Adds a record. Returns true if that closed a batch (it filled up). `batch_bytes_max`
     /// must leave room for the record in an empty batch (the producer checks that first).
     pub(crate) fn append(
@@ -193,9 +231,12 @@ impl PartitionQueue {
 
     /// Closes the open batch, if any, queueing it to be sent. Returns whether there was one.
     pub(crate) fn close_open(&mut self) -> bool {
-        let Some(open) = self.open.take() else {
+        let Some(mut open) = self.open.take() else {
             return false;
         };
+        if let Some(sequencer) = &mut self.idempotence {
+            sequencer.stamp(&mut open.builder);
+        }
         self.ready.push_back(ClosedBatch {
             bytes: Bytes::from(open.builder.finish()),
             created_at: open.created_at,

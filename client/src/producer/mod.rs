@@ -4,9 +4,12 @@
 //! (explicit, key hash, or sticky: see [`crate::partitioner`]) and appends the record to that
 //! partition's open batch (`accumulator`). One sender task per partition (`sender`) sends
 //! the partition's batches one at a time, so records of a partition are stored in the order they
-//! were sent, and retries retriable errors until `delivery_timeout_ms`. A batch whose outcome is
-//! unknown (timeout, connection lost mid-request) is not retried: its records fail with that
-//! error, because resending could store them twice (idempotent produce is not there yet).
+//! were sent, and retries retriable errors until `delivery_timeout_ms`. With idempotence (the
+//! default) every batch carries the producer's random id, an epoch and the partition's next
+//! sequence number, so a batch whose outcome is unknown (timeout, connection lost mid-request,
+//! leader change) is sent again too: the broker stores it once and answers the retry with the
+//! first copy's offsets. Without it such a batch fails with the unknown-outcome error, because
+//! resending could store it twice.
 //!
 //! Dropping the last handle of a producer stops accepting records; what was queued is still
 //! sent in the background. Call [`Producer::flush`] or [`Producer::close`] to wait for it.
@@ -66,6 +69,9 @@ pub(crate) struct Shared {
     buffer: Arc<Semaphore>,
     /// A std mutex: it is held only for short bookkeeping and never across an await.
     state: Mutex<State>,
+    /// This producer's id when idempotent: random, 63 bits (two producers drawing the same id
+    /// is as unlikely as a collision of random 63-bit numbers).
+    producer_id: Option<i64>,
 }
 
 impl Shared {
@@ -131,6 +137,7 @@ impl Producer {
         let shared = Arc::new(Shared {
             cluster,
             buffer: Arc::new(Semaphore::new(config.buffer_bytes_max)),
+            producer_id: config.idempotence.then(|| rand::random::<i64>() & i64::MAX),
             config,
             state: Mutex::new(State::default()),
         });
@@ -221,9 +228,10 @@ impl Producer {
             return Err(Error::Closed);
         }
         let mut spawn = false;
+        let producer_id = shared.producer_id;
         let queue = state.queues.entry(tp.clone()).or_insert_with(|| {
             spawn = true;
-            PartitionQueue::default()
+            PartitionQueue::new(producer_id)
         });
         let was_idle = queue.is_empty();
         let batch_bytes_max = shared.config.batch_bytes_max;

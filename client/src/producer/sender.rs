@@ -82,7 +82,10 @@ async fn deliver(shared: &Shared, tp: &TopicPartition, batch: &ClosedBatch) -> R
         // The broker refuses a produce for a topic or partition it does not know yet before
         // appending anything, so those are safe to retry too (a topic just created).
         let not_found = matches!(error, Error::TopicNotFound { .. } | Error::PartitionNotFound { .. });
-        let retriable = error.is_retriable() || (not_found && from_broker);
+        // An idempotent batch may be resent when its outcome is unknown: the broker answers a
+        // copy it already stored with that copy's offsets.
+        let resendable = shared.producer_id.is_some() && error.is_outcome_unknown();
+        let retriable = error.is_retriable() || (not_found && from_broker) || resendable;
         let delay = backoff.next_delay();
         if !retriable || Instant::now() + delay >= deadline {
             if from_broker && error.is_outcome_unknown() {
