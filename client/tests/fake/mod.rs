@@ -4,6 +4,8 @@
 
 #![allow(dead_code, reason = "each test file uses a different part of the fake")]
 
+pub mod groups;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,7 @@ use tonic::{Request, Response, Status};
 use weir_proto::batch::{self, BatchReader};
 use weir_proto::v1 as proto;
 use weir_proto::v1::admin_server::{Admin, AdminServer};
+use weir_proto::v1::groups_server::GroupsServer;
 use weir_proto::v1::weir_server::{Weir, WeirServer};
 
 #[derive(Default)]
@@ -41,6 +44,8 @@ pub struct Store {
     pub produce_faults: Mutex<VecDeque<Status>>,
     pub produce_requests: AtomicUsize,
     pub appended: Notify,
+    /// The consumer-group coordinator (on the node that leads every partition).
+    pub coordinator: groups::Coordinator,
 }
 
 impl Store {
@@ -348,7 +353,8 @@ pub async fn start(nodes: u64) -> (Arc<Store>, Vec<String>) {
         });
         let server = tonic::transport::Server::builder()
             .add_service(WeirServer::from_arc(node.clone()))
-            .add_service(AdminServer::from_arc(node))
+            .add_service(AdminServer::from_arc(node.clone()))
+            .add_service(GroupsServer::from_arc(node))
             .serve_with_incoming(TcpListenerStream::new(listener));
         tokio::spawn(server);
     }
