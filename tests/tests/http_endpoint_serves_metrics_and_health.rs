@@ -1,7 +1,8 @@
 //! The broker's HTTP endpoint (`--http-listen`): `/healthz` answers while the process runs,
 //! `/readyz` once the node caught up with the controller, and `/metrics` counts produce and
 //! fetch requests, records and bytes exactly, and shows each partition's Raft and log state
-//! with `{topic, partition}` labels (the high watermark is the number of records produced).
+//! with `{topic, partition}` labels (the high watermark is the number of records produced),
+//! and consumer-group lag with `{group, topic, partition}` labels.
 
 use std::time::Duration;
 
@@ -154,6 +155,36 @@ async fn http_endpoint_serves_metrics_and_health() -> Result<()> {
         after.value("weir_disk_free_bytes"),
         after.value("weir_disk_total_bytes")
     );
+
+    // A group that committed offset 10 of partition 0 (15 records): lag 5, per group and
+    // partition.
+    let mut groups = proto::groups_client::GroupsClient::connect(broker.endpoint()).await?;
+    groups
+        .commit_offsets(proto::CommitOffsetsRequest {
+            group: "billing".into(),
+            member_id: String::new(),
+            member_epoch: -1,
+            offsets: vec![proto::CommitOffset {
+                topic: TOPIC.into(),
+                partition: 0,
+                offset: 10,
+                metadata: String::new(),
+            }],
+        })
+        .await?;
+    let labels = format!("{{group=\"billing\",topic=\"{TOPIC}\",partition=\"0\"}}");
+    let with_group = scrape(&broker)?;
+    for (name, expected) in [
+        ("weir_consumer_group_lag", 5.0),
+        ("weir_consumer_group_committed_offset", 10.0),
+    ] {
+        ensure!(
+            with_group.value(&format!("{name}{labels}")) == Some(expected),
+            "{name}{labels} is {:?}, not {expected}\n{}",
+            with_group.value(&format!("{name}{labels}")),
+            with_group.text
+        );
+    }
     Ok(())
 }
 
