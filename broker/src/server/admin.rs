@@ -243,6 +243,12 @@ impl Admin for AdminService {
         let original = request.clone();
         let current = self.topic(&request.name)?;
         let update = topic_config(request.set)?;
+        if request.name.starts_with("__") && (update.retention_ms.is_some() || update.retention_bytes.is_some()) {
+            return Err(Status::invalid_argument(format!(
+                "topic '{}' is internal and keeps everything: its retention cannot be changed",
+                request.name
+            )));
+        }
         let merged = self.cluster.effective_topic_config(&current.config.merged(&update));
         if let (Some(batch), Some(segment)) = (merged.batch_bytes_max, merged.segment_bytes_max) {
             if u64::from(batch) * 2 > segment {

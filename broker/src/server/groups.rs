@@ -74,7 +74,13 @@ impl GroupService {
             name: OFFSETS_TOPIC.to_string(),
             partitions: config.offsets_topic_partitions,
             replication_factor: config.offsets_topic_replication_factor.min(nodes),
-            config: None,
+            // Groups are rebuilt by replaying the partition from its start: nothing may be
+            // deleted by retention, whatever the broker's defaults say.
+            config: Some(v1::TopicConfig {
+                retention_ms: Some(-1),
+                retention_bytes: Some(-1),
+                ..Default::default()
+            }),
         };
         tracing::info!(
             partitions = request.partitions,
