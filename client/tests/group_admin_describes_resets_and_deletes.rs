@@ -58,7 +58,8 @@ async fn group_admin_describes_resets_and_deletes() -> anyhow::Result<()> {
         description.members[0].assignment,
         vec![TopicPartition::new("t", 0), TopicPartition::new("t", 1)]
     );
-    let lags: Vec<(u32, Option<u64>, Option<u64>, Option<u64>)> = description
+    // (partition, committed, high watermark, lag)
+    let lags: Vec<_> = description
         .offsets
         .iter()
         .map(|offset| {
