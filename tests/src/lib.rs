@@ -45,6 +45,7 @@ pub mod broker;
 pub mod cli;
 pub mod cluster;
 pub mod docker;
+pub mod groups;
 pub mod history;
 pub mod load;
 pub mod netns;
