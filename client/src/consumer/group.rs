@@ -496,6 +496,8 @@ impl Consumer {
             });
         }
         if !shared.set_owned(self.owned(), lost_version) {
+            // Lost before the listener heard of them: they go without `on_lost`.
+            self.drop_partitions(assigned);
             return Ok(false);
         }
         let committer = self.committer();

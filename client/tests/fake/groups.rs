@@ -83,6 +83,8 @@ pub struct Coordinator {
     /// Wakes held heartbeats when any assignment changed.
     pub changed: Notify,
     pub offsets_topic_created: AtomicBool,
+    /// While set, heartbeats are held unanswered (a coordinator cut off from the member).
+    pub stalled: AtomicBool,
 }
 
 impl Coordinator {
@@ -365,6 +367,9 @@ impl Groups for FakeNode {
         request: Request<proto::GroupHeartbeatRequest>,
     ) -> Result<Response<proto::GroupHeartbeatResponse>, Status> {
         self.coordinator_ready()?;
+        while self.store.coordinator.stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let request = request.into_inner();
         let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
         let mut first = true;
