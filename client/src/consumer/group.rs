@@ -440,7 +440,7 @@ impl Consumer {
     }
 
     /// Drops every owned partition without committing, and tells the listener.
-    async fn lose_all(&mut self, lost_version: u64) {
+    pub(super) async fn lose_all(&mut self, lost_version: u64) {
         let lost: Vec<TopicPartition> = self.owned().into_iter().collect();
         self.drop_partitions(&lost);
         if let Some(membership) = &mut self.membership {

@@ -397,7 +397,9 @@ impl Consumer {
     /// Commits the consumed position (the offset after the last record returned) of every
     /// partition read, and waits for the coordinator's answer. Needs a `group_id`. A subscribed
     /// consumer commits as its member; a fenced answer (`Error::Fenced`) means its partitions
-    /// are lost, and the next `poll` drops them.
+    /// are lost, and the next `poll` drops them. Committed offsets move backwards only through
+    /// an admin reset: after a `seek` behind the committed offset, the commit is refused
+    /// (`InvalidArgument`).
     pub async fn commit(&mut self) -> Result<()> {
         self.commit_consumed(None, true).await
     }
@@ -451,6 +453,15 @@ impl Consumer {
         } else {
             Ok(())
         };
+        // Partitions lost meanwhile (the commit may have found the member fenced) are lost,
+        // not revoked.
+        let lost = self
+            .membership
+            .as_ref()
+            .map(|membership| (membership.shared.lock().lost_version, membership.seen_lost));
+        if let Some((lost_version, _)) = lost.filter(|(version, seen)| version != seen) {
+            self.lose_all(lost_version).await;
+        }
         let owned: Vec<TopicPartition> = self.owned().into_iter().collect();
         if self.membership.is_some() && !owned.is_empty() {
             let committer = self.committer();
