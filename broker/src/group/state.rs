@@ -279,8 +279,19 @@ impl Group {
                 self.membership.strategy, request.strategy
             )));
         }
+        // A member may name itself: a join retried after a lost answer then finds the member it
+        // created instead of making another one that would hold partitions until its session
+        // times out.
+        if self.membership.members.contains_key(&request.member_id) {
+            self.seen.insert(request.member_id.clone(), now);
+            self.reconcile(&request.member_id, now);
+            return Ok(request.member_id.clone());
+        }
         self.membership.strategy = request.strategy;
-        let id = new_member_id();
+        let id = match request.member_id.as_str() {
+            "" => new_member_id(),
+            named => named.to_string(),
+        };
         let epoch = self.next_member_epoch();
         let mut member = Member {
             id: id.clone(),
@@ -727,6 +738,26 @@ mod tests {
         assert_eq!(group.membership.epoch, epoch_before, "no rebalance");
         assert_eq!(group.answer(&s2).unwrap().assignment, before);
         assert!(!group.membership.members.contains_key("s1"));
+    }
+
+    #[test]
+    fn a_retried_join_finds_the_member_it_created() {
+        let now = Instant::now();
+        let mut group = Group::default();
+        let request = Heartbeat {
+            member_id: "chosen-by-client".into(),
+            member_epoch: JOIN,
+            topics: vec!["t".into()],
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 60_000,
+            ..Default::default()
+        };
+        let first = group.heartbeat(&request, &counts, now, || unreachable!()).unwrap();
+        let epoch = group.membership.epoch;
+        let again = group.heartbeat(&request, &counts, now, || unreachable!()).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(group.membership.members.len(), 1);
+        assert_eq!(group.membership.epoch, epoch, "no rebalance");
     }
 
     #[test]

@@ -24,6 +24,8 @@ use crate::types::NodeId;
 const COMMIT_METADATA_BYTES_MAX: usize = 4096;
 /// How long the request that created `__consumer_offsets` waits for its coordinator.
 const OFFSETS_TOPIC_READY_WAIT: Duration = Duration::from_secs(5);
+/// Longest member id or instance id.
+const MEMBER_ID_BYTES_MAX: usize = 255;
 /// Most partitions one commit or reset may carry.
 const OFFSETS_PER_REQUEST_MAX: usize = 100_000;
 
@@ -271,6 +273,11 @@ impl Groups for GroupService {
     ) -> Result<Response<v1::GroupHeartbeatResponse>, Status> {
         let request = request.into_inner();
         group_name(&request.group)?;
+        if request.member_id.len() > MEMBER_ID_BYTES_MAX || request.instance_id.len() > MEMBER_ID_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "member and instance ids are limited to {MEMBER_ID_BYTES_MAX} bytes"
+            )));
+        }
         for topic in &request.topics {
             validate_topic_name(topic).map_err(Status::invalid_argument)?;
         }

@@ -186,13 +186,19 @@ pub(crate) struct Shared {
     pub(super) to_task: Notify,
 }
 
+/// The id a member joins with: random, new for every incarnation (a join retried after a lost
+/// answer then finds the member it created instead of making a second one).
+fn fresh_member_id() -> String {
+    format!("member-{:032x}", rand::random::<u128>())
+}
+
 impl Shared {
     pub(super) fn new(topics: Vec<String>) -> Self {
         Self {
             state: Mutex::new(MemberState {
                 topics,
                 topics_changed: false,
-                member_id: String::new(),
+                member_id: fresh_member_id(),
                 member_epoch: 0,
                 assignment: BTreeSet::new(),
                 assignment_version: 0,
@@ -223,7 +229,7 @@ impl Shared {
     /// Declares the partitions lost and makes the member join again; wakes `poll`.
     pub(super) fn lose(&self, state: &mut MemberState, reason: &str) {
         tracing::warn!(member = %state.member_id, reason, "consumer group member lost its partitions; rejoining");
-        state.member_id.clear();
+        state.member_id = fresh_member_id();
         state.member_epoch = 0;
         if !state.assignment.is_empty() {
             state.assignment.clear();

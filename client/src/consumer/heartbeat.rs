@@ -253,7 +253,7 @@ impl Heartbeater {
         }
         let assignment = from_wire_partitions(response.assignment);
         let news = state.member_epoch != response.member_epoch || state.assignment != assignment;
-        if state.member_id != response.member_id {
+        if state.member_epoch <= 0 {
             tracing::info!(group = %self.group, member = %response.member_id, epoch = response.member_epoch, "joined the consumer group");
         }
         state.member_id = response.member_id;

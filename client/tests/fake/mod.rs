@@ -99,6 +99,22 @@ impl Store {
         let partition = partitions
             .get_mut(request.partition as usize)
             .ok_or_else(|| Status::not_found("unknown partition"))?;
+        // Idempotent produce, as the broker does it: a batch equal in producer id, epoch and
+        // sequence to the last one stored is answered with that one's offsets.
+        if header.producer_id >= 0 {
+            if let Some(last) = partition.batches.last() {
+                let stored = batch::parse_header(last).map_err(|error| Status::internal(error.to_string()))?;
+                let same = (stored.producer_id, stored.producer_epoch, stored.base_sequence)
+                    == (header.producer_id, header.producer_epoch, header.base_sequence);
+                if same {
+                    return Ok(proto::ProduceResponse {
+                        base_offset: stored.base_offset,
+                        record_count: stored.record_count,
+                        high_watermark: partition.next_offset,
+                    });
+                }
+            }
+        }
         let base_offset = partition.next_offset;
         let mut stored = request.batch.to_vec();
         batch::stamp(&mut stored, 1, partition.batches.len() as u64 + 1, base_offset);
