@@ -59,6 +59,11 @@ struct FileGroups {
     session_timeout_ms_min: Option<u64>,
     session_timeout_ms_max: Option<u64>,
     rebalance_timeout_ms_default: Option<u64>,
+    /// Segment size of `__consumer_offsets` (when it is created); it is compacted in segments.
+    offsets_topic_segment_bytes: Option<u64>,
+    /// Records written to a `__consumer_offsets` partition before the coordinator checkpoints
+    /// it (and the segments below the checkpoint are deleted).
+    checkpoint_records: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -252,6 +257,10 @@ impl BrokerConfig {
                     session_timeout_min: ms(g.session_timeout_ms_min, defaults.session_timeout_min),
                     session_timeout_max: ms(g.session_timeout_ms_max, defaults.session_timeout_max),
                     rebalance_timeout_default: ms(g.rebalance_timeout_ms_default, defaults.rebalance_timeout_default),
+                    offsets_topic_segment_bytes: g
+                        .offsets_topic_segment_bytes
+                        .unwrap_or(defaults.offsets_topic_segment_bytes),
+                    checkpoint_records: g.checkpoint_records.unwrap_or(defaults.checkpoint_records),
                     ..defaults
                 }
             },
@@ -348,6 +357,15 @@ impl BrokerConfig {
         }
         if g.offsets_topic_replication_factor == 0 {
             return Err(invalid("groups.offsets_topic_replication_factor", "must be at least 1"));
+        }
+        if !(256 << 10..=1 << 30).contains(&g.offsets_topic_segment_bytes) {
+            return Err(invalid(
+                "groups.offsets_topic_segment_bytes",
+                "must be between 262144 (256 KiB) and 1073741824 (1 GiB)",
+            ));
+        }
+        if g.checkpoint_records == 0 {
+            return Err(invalid("groups.checkpoint_records", "must be at least 1"));
         }
         if g.heartbeat_interval < Duration::from_millis(10) {
             return Err(invalid("groups.heartbeat_interval_ms", "must be at least 10"));

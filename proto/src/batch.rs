@@ -11,7 +11,9 @@
 //!  8     4    length              total batch length in bytes, this header included
 //! 12     1    version             BatchVersion (1)
 //! 13     1    kind                BatchKind: 0 records, 1 no-op, 2 conf change, 3 conf change v2
-//! 14     2    attributes          bits 0-2 compression codec (0 = none); other bits zero
+//! 14     2    attributes          bits 0-2 compression codec (0 = none); bit 3 compaction
+//!                                  point (broker-written batches only, see
+//!                                  [`ATTRIBUTE_COMPACTION_POINT`]); other bits zero
 //! 16     8    term                Raft term of the entry      (stamped by the broker on append)
 //! 24     8    index               Raft index of the entry     (stamped by the broker on append)
 //! 32     8    base_offset         offset of the first record  (stamped by the broker on append)
@@ -49,6 +51,12 @@ use bytes::{Buf, Bytes};
 
 /// `b"WEIR"` read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"WEIR");
+/// Attribute bit of a batch that restates everything a reader of its partition needs from
+/// the batches before it (the group coordinator's checkpoint of `__consumer_offsets`): once
+/// the batch is committed, every replica may delete whole segments below it. Only the broker
+/// writes such batches; produce requests carrying it are refused.
+pub const ATTRIBUTE_COMPACTION_POINT: u16 = 1 << 3;
+
 /// Size of the fixed batch header.
 pub const HEADER_LEN: usize = 80;
 /// Bytes of a record's fixed fields (length prefix included, no key, value or headers).
@@ -210,7 +218,7 @@ pub fn parse_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     }
     let kind = BatchKind::from_u8(buf[OFF_KIND]).ok_or(BatchError::UnknownKind { found: buf[OFF_KIND] })?;
     let attributes = u16_at(buf, OFF_ATTRIBUTES);
-    if attributes != 0 {
+    if attributes & !ATTRIBUTE_COMPACTION_POINT != 0 {
         return Err(BatchError::UnsupportedAttributes { found: attributes });
     }
     Ok(BatchHeader {
@@ -591,6 +599,11 @@ impl BatchBuilder {
         }
         self.record_count += 1;
         Ok(())
+    }
+
+    /// Marks the batch as a compaction point (see [`ATTRIBUTE_COMPACTION_POINT`]).
+    pub fn mark_compaction_point(&mut self) {
+        self.buf[OFF_ATTRIBUTES..OFF_ATTRIBUTES + 2].copy_from_slice(&ATTRIBUTE_COMPACTION_POINT.to_le_bytes());
     }
 
     /// Sets the idempotent-producer fields.

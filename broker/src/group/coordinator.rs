@@ -3,12 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify, OwnedMutexGuard};
-use weir_proto::batch::{BatchBuilder, BatchReader};
+use weir_proto::batch::{BatchBuilder, BatchReader, ATTRIBUTE_COMPACTION_POINT};
 use weir_proto::{group_partition, OFFSETS_TOPIC};
 
 use super::state::{self, apply, Answer, Committed, Entry, Group, Heartbeat, Member};
@@ -33,9 +33,11 @@ pub(crate) struct Slot {
     state: Arc<tokio::sync::Mutex<Option<Loaded>>>,
     /// Bumped after every membership change: long-polled heartbeats wait on it.
     changed: watch::Sender<u64>,
-    /// Commits proposed and not yet applied; reset and delete wait for none.
+    /// Commits proposed and not yet applied; reset, delete and checkpoints wait for none.
     commits_in_flight: AtomicUsize,
     commits_done: Notify,
+    /// Group records in the partition after its latest checkpoint.
+    records_since_checkpoint: AtomicU64,
 }
 
 /// A group as `describe` shows it.
@@ -123,6 +125,7 @@ impl Coordinator {
                     changed: watch::channel(0).0,
                     commits_in_flight: AtomicUsize::new(0),
                     commits_done: Notify::new(),
+                    records_since_checkpoint: AtomicU64::new(0),
                 })
             })
             .clone()
@@ -168,7 +171,8 @@ impl Coordinator {
         }
         if guard.as_ref().map(|loaded| loaded.term) != Some(progress.term) {
             let started = Instant::now();
-            let groups = replay(&replica, progress.log_start, progress.high_watermark)?;
+            let (groups, since_checkpoint) = replay(&replica, progress.log_start, progress.high_watermark)?;
+            slot.records_since_checkpoint.store(since_checkpoint, Ordering::Relaxed);
             tracing::info!(
                 partition,
                 term = %progress.term,
@@ -191,8 +195,12 @@ impl Coordinator {
     }
 
     /// Proposes entries to the partition and waits for their commit.
-    async fn write(&self, replica: &PartitionReplica, entries: &[Entry]) -> Result<(), GroupError> {
-        let pending = replica.group.propose(encode(entries), Acks::All)?;
+    async fn write(&self, locked: &Locked, entries: &[Entry]) -> Result<(), GroupError> {
+        let pending = locked.replica.group.propose(encode(entries, false), Acks::All)?;
+        locked
+            .slot
+            .records_since_checkpoint
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
         self.await_write(pending).await
     }
 
@@ -234,7 +242,7 @@ impl Coordinator {
             group: name.to_string(),
             membership: group.membership.clone(),
         };
-        let result = self.write(&locked.replica, &[entry]).await;
+        let result = self.write(locked, &[entry]).await;
         if result.is_err() {
             locked.invalidate();
         }
@@ -341,9 +349,10 @@ impl Coordinator {
         let pending = locked
             .replica
             .group
-            .propose(encode(std::slice::from_ref(&entry)), Acks::All)?;
+            .propose(encode(std::slice::from_ref(&entry), false), Acks::All)?;
         let slot = locked.slot.clone();
         slot.commits_in_flight.fetch_add(1, Ordering::SeqCst);
+        slot.records_since_checkpoint.fetch_add(1, Ordering::Relaxed);
         drop(locked);
         let result = self.await_write(pending).await;
         let mut guard = slot.state.lock().await;
@@ -440,7 +449,7 @@ impl Coordinator {
     }
 
     async fn write_and_apply(&self, locked: &mut Locked, entry: Entry) -> Result<(), GroupError> {
-        match self.write(&locked.replica, std::slice::from_ref(&entry)).await {
+        match self.write(locked, std::slice::from_ref(&entry)).await {
             Ok(()) => {
                 apply(locked.groups(), entry, Instant::now());
                 locked.notify();
@@ -532,6 +541,12 @@ impl Coordinator {
                     break;
                 }
             }
+            if locked.guard.is_some()
+                && slot.records_since_checkpoint.load(Ordering::Relaxed) >= self.config.checkpoint_records
+                && slot.commits_in_flight.load(Ordering::SeqCst) == 0
+            {
+                self.checkpoint(&mut locked, partition).await;
+            }
         }
     }
 }
@@ -545,6 +560,52 @@ fn left(request: &Heartbeat, group_epoch: u64) -> Answer {
         group_epoch,
         reconciling: false,
         session_timeout_ms: request.session_timeout_ms,
+    }
+}
+
+impl Coordinator {
+    /// Writes a checkpoint of a partition: every group restated in one batch marked as a
+    /// compaction point (no commit may be in flight: its offset would be missing from the
+    /// checkpoint and deleted below it).
+    async fn checkpoint(&self, locked: &mut Locked, partition: u32) {
+        let groups = locked.groups();
+        let mut entries = vec![Entry::Checkpoint { groups: groups.len() }];
+        for (name, group) in groups.iter() {
+            entries.extend(group.restate(name));
+        }
+        let batch = encode(&entries, true);
+        let limit = locked.replica.batch_bytes_max as usize;
+        if batch.len() > limit {
+            // Compaction stops until the topic's batch limit allows a checkpoint this large.
+            tracing::warn!(
+                partition,
+                bytes = batch.len(),
+                limit,
+                "the checkpoint of {OFFSETS_TOPIC} exceeds its batch_bytes_max; not compacting"
+            );
+            locked.slot.records_since_checkpoint.store(0, Ordering::Relaxed);
+            return;
+        }
+        let result = match locked.replica.group.propose(batch, Acks::All) {
+            Ok(pending) => self.await_write(pending).await,
+            Err(error) => Err(error.into()),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    partition,
+                    records = entries.len(),
+                    "checkpoint of {OFFSETS_TOPIC} written"
+                );
+                locked.slot.records_since_checkpoint.store(0, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::warn!(partition, %error, "could not write a checkpoint of {OFFSETS_TOPIC}");
+                if matches!(error, GroupError::OutcomeUnknown(_)) {
+                    locked.invalidate();
+                }
+            }
+        }
     }
 }
 
@@ -585,8 +646,14 @@ fn view(name: &str, group: &Group) -> GroupView {
 
 /// Rebuilds the groups of a partition from its committed records. Records that are not group
 /// entries (which clients cannot produce: the topic is internal) are skipped with a warning.
-fn replay(replica: &PartitionReplica, from: Offset, until: Offset) -> Result<BTreeMap<String, Group>, GroupError> {
+/// Also returns how many records follow the latest checkpoint.
+fn replay(
+    replica: &PartitionReplica,
+    from: Offset,
+    until: Offset,
+) -> Result<(BTreeMap<String, Group>, u64), GroupError> {
     let mut groups = BTreeMap::new();
+    let mut since_checkpoint = 0u64;
     let now = Instant::now();
     let mut offset = from;
     while offset < until {
@@ -599,10 +666,14 @@ fn replay(replica: &PartitionReplica, from: Offset, until: Offset) -> Result<BTr
         for slice in chunk.slices {
             for batch in BatchReader::new(slice) {
                 let batch = batch.map_err(|e| GroupError::Unavailable(format!("unreadable group batch: {e}")))?;
+                if batch.header.attributes & ATTRIBUTE_COMPACTION_POINT != 0 {
+                    since_checkpoint = 0;
+                }
                 let records = batch
                     .records()
                     .map_err(|e| GroupError::Unavailable(format!("unreadable group batch: {e}")))?;
                 for record in records.into_iter().filter(|r| r.offset >= offset.0) {
+                    since_checkpoint += 1;
                     match record.value.as_deref().map(serde_json::from_slice::<Entry>) {
                         Some(Ok(entry)) => apply(&mut groups, entry, now),
                         _ => tracing::warn!(offset = record.offset, "skipping a record that is not a group entry"),
@@ -612,11 +683,12 @@ fn replay(replica: &PartitionReplica, from: Offset, until: Offset) -> Result<BTr
         }
         offset = chunk.next_offset;
     }
-    Ok(groups)
+    Ok((groups, since_checkpoint))
 }
 
-/// One batch with one record per entry, keyed by group name.
-fn encode(entries: &[Entry]) -> Vec<u8> {
+/// One batch with one record per entry, keyed by group name; a checkpoint's batch is marked as
+/// a compaction point.
+fn encode(entries: &[Entry], compaction_point: bool) -> Vec<u8> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -626,6 +698,9 @@ fn encode(entries: &[Entry]) -> Vec<u8> {
         if let Err(error) = batch.push(now, Some(entry.group().as_bytes()), Some(&json), &[]) {
             tracing::error!(%error, "cannot encode a group entry");
         }
+    }
+    if compaction_point {
+        batch.mark_compaction_point();
     }
     batch.finish()
 }

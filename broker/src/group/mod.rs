@@ -22,6 +22,13 @@
 //! move offsets forward only, so applying them in any order gives the replay's result);
 //! reset and delete wait for commits in flight. A write whose outcome is unknown drops the
 //! slot's state, and the next request replays the partition again.
+//!
+//! Compaction: after `checkpoint_records` records, the coordinator writes a checkpoint, one
+//! batch restating every group of the partition, marked as a compaction point (batch attribute
+//! `ATTRIBUTE_COMPACTION_POINT`); once it is committed every replica deletes the whole segments
+//! below it (`raft` housekeeping), so the partition's size and a new coordinator's replay stay
+//! bounded by the live state plus a few segments. A checkpoint is written with no commit in
+//! flight, so nothing before it is left unstated.
 
 mod assign;
 mod coordinator;
@@ -53,6 +60,12 @@ pub struct GroupConfig {
     pub rebalance_timeout_default: Duration,
     /// How long a group write may take to commit before its outcome is unknown.
     pub write_timeout: Duration,
+    /// Segment size of `__consumer_offsets` (at creation): the unit in which its log is
+    /// compacted. Checkpoints may be a quarter of it.
+    pub offsets_topic_segment_bytes: u64,
+    /// Group records written to a partition since its last checkpoint before the coordinator
+    /// writes a new one (all its groups restated in one batch, a compaction point).
+    pub checkpoint_records: u64,
 }
 
 impl Default for GroupConfig {
@@ -66,6 +79,8 @@ impl Default for GroupConfig {
             session_timeout_max: Duration::from_secs(300),
             rebalance_timeout_default: Duration::from_secs(300),
             write_timeout: Duration::from_secs(10),
+            offsets_topic_segment_bytes: 32 << 20,
+            checkpoint_records: 10_000,
         }
     }
 }

@@ -91,6 +91,9 @@ pub enum Entry {
     },
     /// The group and its offsets are gone.
     Delete { group: String },
+    /// The first record of a checkpoint batch (a compaction point): the batch restates every
+    /// group of the partition, so the records before it are no longer needed.
+    Checkpoint { groups: usize },
 }
 
 impl Entry {
@@ -100,6 +103,7 @@ impl Entry {
             | Entry::Commit { group, .. }
             | Entry::Reset { group, .. }
             | Entry::Delete { group } => group,
+            Entry::Checkpoint { .. } => "",
         }
     }
 }
@@ -153,6 +157,7 @@ pub fn apply(groups: &mut BTreeMap<String, Group>, entry: Entry, now: Instant) {
         Entry::Delete { group } => {
             groups.remove(&group);
         }
+        Entry::Checkpoint { .. } => {}
     }
 }
 
@@ -188,6 +193,23 @@ pub type Counts<'a> = &'a dyn Fn(&str) -> u32;
 impl Group {
     pub fn is_empty(&self) -> bool {
         self.membership.members.is_empty()
+    }
+
+    /// The entries that restate this group (for a checkpoint): its membership, and its offsets
+    /// as a commit (commits never move an offset back, so replaying the checkpoint over the
+    /// entries before it changes nothing).
+    pub fn restate(&self, name: &str) -> Vec<Entry> {
+        let mut entries = vec![Entry::Membership {
+            group: name.to_string(),
+            membership: self.membership.clone(),
+        }];
+        if !self.offsets.is_empty() {
+            entries.push(Entry::Commit {
+                group: name.to_string(),
+                offsets: self.offsets.iter().map(|(tp, c)| (tp.clone(), c.clone())).collect(),
+            });
+        }
+        entries
     }
 
     /// "empty", "stable" or "reconciling".

@@ -11,7 +11,7 @@ use super::producers::{ProducerTable, Stamp, Verdict, REBUILD_ENTRIES};
 use super::repair::Repair;
 use super::storage::{read_log, to_append, write_log, GroupStorage, SharedLog};
 use super::{Acks, Applier, Committed, Progress, ProposeError, Replication, Role};
-use crate::log::batch::{parse_header, HEADER_LEN};
+use crate::log::batch::{parse_header, BatchHeader, ATTRIBUTE_COMPACTION_POINT, HEADER_LEN};
 use crate::log::{Corruption, LogError};
 use crate::types::{GroupId, NodeId, Offset, RaftIndex, Term};
 
@@ -61,6 +61,9 @@ pub(super) struct Group {
     repair: Option<Repair>,
     /// Recent batches of idempotent producers in this log (see `producers`).
     producers: ProducerTable,
+    /// The latest compaction point seen in this log (index and term of its entry): once it is
+    /// visible, housekeeping deletes the whole segments below it.
+    compaction_point: Option<(RaftIndex, Term)>,
     /// What the RawNode was built with, to build it again after a repair cut the log.
     raft_config: raft::Config,
     logger: slog::Logger,
@@ -89,6 +92,7 @@ impl Group {
             preferred_leader,
             repair,
             producers: ProducerTable::default(),
+            compaction_point: None,
             raft_config: rebuild.0,
             logger: rebuild.1,
         }
@@ -123,11 +127,12 @@ impl Group {
         if deleted > 0 {
             tracing::info!(group = %self.id, segments = deleted, "retention deleted segments");
         }
-        let compacted = self
+        let mut compacted = self
             .node
             .mut_store()
             .compact(self.visible_index)
             .map_err(|e| e.to_string())?;
+        compacted += self.compact_below_point().map_err(|e| e.to_string())?;
         if compacted > 0 {
             tracing::debug!(group = %self.id, segments = compacted, "compaction deleted segments");
         }
@@ -135,6 +140,24 @@ impl Group {
             self.publish()?;
         }
         Ok(())
+    }
+
+    /// Deletes the whole segments below the latest compaction point once it is visible (and
+    /// still the entry it was: a deposed leader's cut tail does not count).
+    fn compact_below_point(&mut self) -> Result<usize, LogError> {
+        let Some((index, term)) = self.compaction_point else {
+            return Ok(0);
+        };
+        if index > self.visible_index {
+            return Ok(0);
+        }
+        let log = self.log().clone();
+        let mut log = write_log(&log);
+        if log.term(index).ok() != Some(term) {
+            self.compaction_point = None;
+            return Ok(0);
+        }
+        log.delete_segments_through(RaftIndex(index.0 - 1))
     }
 
     fn leader(&self) -> Option<NodeId> {
@@ -432,7 +455,8 @@ impl Group {
     /// A retried batch of an idempotent producer whose first copy is in the log is not proposed
     /// again: the reply carries the first copy's offsets once it is persisted or committed.
     pub fn propose(&mut self, data: Vec<u8>, acks: Acks, reply: oneshot::Sender<Result<Committed, ProposeError>>) {
-        let stamp = parse_header(&data).ok().and_then(|header| Stamp::of(&header));
+        let header = parse_header(&data).ok();
+        let stamp = header.as_ref().and_then(Stamp::of);
         if let Some(stamp) = &stamp {
             if self.failure.is_none() && self.is_leader() {
                 let raft_log = &self.node.raft.raft_log;
@@ -466,8 +490,8 @@ impl Group {
             RaftIndex(self.node.raft.raft_log.last_index()),
             Term(self.node.raft.term),
         );
-        if let Some(stamp) = &stamp {
-            self.producers.record(stamp, index, term);
+        if let Some(header) = &header {
+            self.note_batch(header, index, term);
         }
         self.pending.push_back(Pending {
             index,
@@ -523,18 +547,30 @@ impl Group {
         );
     }
 
-    /// Rebuilds the producer table from the last entries of the log (a replica just opened).
+    /// Takes note of what a batch in the log (or proposed to it) means for this replica: an
+    /// idempotent producer's batch, a compaction point.
+    fn note_batch(&mut self, header: &BatchHeader, index: RaftIndex, term: Term) {
+        if let Some(stamp) = Stamp::of(header) {
+            self.producers.record(&stamp, index, term);
+        }
+        if header.attributes & ATTRIBUTE_COMPACTION_POINT != 0 {
+            self.compaction_point = Some((index, term));
+        }
+    }
+
+    /// Rebuilds the producer table and finds the latest compaction point from the last entries
+    /// of the log (a replica just opened).
     pub fn rebuild_producers(&mut self) {
-        let log = read_log(self.node.store().log());
-        let high = log.last_index().next();
-        let low = RaftIndex(high.0.saturating_sub(REBUILD_ENTRIES).max(log.first_index().0));
-        match log.batch_headers(low, high) {
+        let headers = {
+            let log = read_log(self.node.store().log());
+            let high = log.last_index().next();
+            let low = RaftIndex(high.0.saturating_sub(REBUILD_ENTRIES).max(log.first_index().0));
+            log.batch_headers(low, high)
+        };
+        match headers {
             Ok(headers) => {
                 for header in headers {
-                    if let Some(stamp) = Stamp::of(&header) {
-                        self.producers
-                            .record(&stamp, RaftIndex(header.index), Term(header.term));
-                    }
+                    self.note_batch(&header, RaftIndex(header.index), Term(header.term));
                 }
             }
             // A damaged tail is found and repaired by other paths; retries of batches in it are
@@ -626,9 +662,10 @@ impl Group {
         for entry in entries {
             let info = log.append(to_append(entry)).map_err(|e| e.to_string())?;
             appended.push((entry.index, entry.term, info));
-            // Followers learn the producers' batches here (the leader did when proposing).
-            if let Some(stamp) = parse_header(&entry.data).ok().and_then(|header| Stamp::of(&header)) {
-                self.producers.record(&stamp, RaftIndex(entry.index), Term(entry.term));
+            // Followers learn the producers' batches and compaction points here (the leader
+            // did when proposing).
+            if let Ok(header) = parse_header(&entry.data) {
+                self.note_batch(&header, RaftIndex(entry.index), Term(entry.term));
             }
         }
         for pending in self.pending.iter_mut() {

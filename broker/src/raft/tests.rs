@@ -290,3 +290,38 @@ async fn a_retried_idempotent_batch_is_stored_once_even_across_a_restart() {
     assert_eq!(new.base_offset, Offset(5));
     driver.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_compaction_point_deletes_the_segments_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (driver, handle) = start(dir.path());
+    wait_leader(&handle).await;
+    // About 20 KiB a batch, 64 KiB segments: a few sealed segments.
+    for _ in 0..12 {
+        handle.propose(batch(200), Acks::All).unwrap().await.unwrap().unwrap();
+    }
+    let segments_before = handle.log().read().unwrap().segment_count();
+    assert!(segments_before >= 3, "{segments_before} segments");
+    let mut point = BatchBuilder::new();
+    point.push(0, None, Some(b"checkpoint"), &[]).unwrap();
+    point.mark_compaction_point();
+    let committed = handle
+        .propose(point.finish(), Acks::All)
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    // Housekeeping runs every second.
+    let mut progress = handle.watch();
+    let start = tokio::time::timeout(Duration::from_secs(10), progress.wait_for(|p| p.log_start > Offset(0)))
+        .await
+        .expect("segments below the compaction point deleted")
+        .unwrap()
+        .log_start;
+    assert!(
+        start <= committed.base_offset,
+        "the compaction point itself stays: {start:?}"
+    );
+    assert!(handle.log().read().unwrap().segment_count() < segments_before);
+    driver.shutdown();
+}

@@ -163,6 +163,12 @@ impl DataService {
         }
         let header = batch::validate(&request.batch, limit)
             .map_err(|error| Status::invalid_argument(format!("invalid record batch: {error}")))?;
+        if header.attributes != 0 {
+            return Err(Status::invalid_argument(format!(
+                "batch attributes {:#06x} are reserved for the broker (no compression codec is supported)",
+                header.attributes
+            )));
+        }
         if header.kind != BatchKind::Records || header.record_count == 0 {
             return Err(Status::invalid_argument(
                 "a produced batch must be a records batch with at least one record",

@@ -78,9 +78,13 @@ impl GroupService {
             replication_factor: config.offsets_topic_replication_factor.min(nodes),
             // Groups are rebuilt by replaying the partition from its start: nothing may be
             // deleted by retention, whatever the broker's defaults say.
+            // It is compacted instead (see `group`), in whole segments; a checkpoint of all its
+            // groups is one batch of up to a quarter segment.
             config: Some(v1::TopicConfig {
                 retention_ms: Some(-1),
                 retention_bytes: Some(-1),
+                segment_bytes_max: Some(config.offsets_topic_segment_bytes),
+                batch_bytes_max: Some((config.offsets_topic_segment_bytes / 4).min(64 << 20) as u32),
                 ..Default::default()
             }),
         };
