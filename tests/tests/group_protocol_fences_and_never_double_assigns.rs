@@ -2,7 +2,8 @@
 //! request creates `__consumer_offsets`; members get every partition exactly once, and a new
 //! member gets partitions only after their owner reported them released; stale members and
 //! stale epochs are fenced with `weir-fenced`; commits never go backwards; reset and delete need
-//! an empty group; unknown groups are NOT_FOUND; clients cannot write the internal topic; the
+//! an empty group; unknown groups are NOT_FOUND; clients cannot write the internal topic nor
+//! mark a batch as a compaction point; the
 //! group survives a broker restart (replayed from `__consumer_offsets`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -235,6 +236,23 @@ async fn group_protocol_fences_and_never_double_assigns() -> Result<()> {
     ensure!(
         internal.code() == Code::InvalidArgument,
         "produce to __consumer_offsets: {internal:?}"
+    );
+    // Nor may a client mark a batch as a compaction point (it would delete data below it).
+    let mut marked = weir_proto::batch::BatchBuilder::new();
+    marked.push(0, None, Some(b"x"), &[])?;
+    marked.mark_compaction_point();
+    let refused = data
+        .produce(proto::ProduceRequest {
+            topic: TOPIC.into(),
+            partition: 0,
+            batch: marked.finish().into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("compaction point from a client");
+    ensure!(
+        refused.code() == Code::InvalidArgument && refused.message().contains("reserved"),
+        "a client batch marked as a compaction point: {refused:?}"
     );
 
     // A crash and restart replays the group: b is still a member with its partitions, the commit is there.
