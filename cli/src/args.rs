@@ -261,6 +261,9 @@ pub struct BenchProduceArgs {
     /// for latency that is not dominated by queueing.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub buffer_bytes_max: usize,
+    /// Produce without idempotence (no producer id or sequences; for comparison).
+    #[arg(long)]
+    pub no_idempotence: bool,
 }
 
 #[derive(Debug, Args)]

@@ -84,7 +84,8 @@ pub async fn produce(client: &Client, output: Output, args: BenchProduceArgs) ->
         .acks(args.acks.into())
         .linger_ms(args.linger_ms)
         .batch_bytes_max(args.batch_bytes_max)
-        .buffer_bytes_max(args.buffer_bytes_max.max(args.batch_bytes_max));
+        .buffer_bytes_max(args.buffer_bytes_max.max(args.batch_bytes_max))
+        .idempotence(!args.no_idempotence);
     let producer = client.producer(config)?;
     let value = Bytes::from(vec![b'x'; args.record_bytes]);
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("latency histogram")?;
