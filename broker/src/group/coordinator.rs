@@ -194,60 +194,59 @@ impl Coordinator {
         self.lock_partition(self.partition_of(group)?).await
     }
 
-    /// Proposes entries to the partition and waits for their commit.
-    async fn write(&self, locked: &Locked, entries: &[Entry]) -> Result<(), GroupError> {
-        let pending = locked.replica.group.propose(encode(entries, false), Acks::All)?;
+    /// Proposes entries to the partition and waits for their commit, holding the slot's lock
+    /// until then, in a task of its own: a request cancelled meanwhile can neither let others
+    /// see a change that is not committed nor leave it applied when it failed. On failure the
+    /// state is dropped (the next request replays the partition): it may hold the change, or
+    /// lack one that committed after all.
+    async fn write(&self, mut locked: Locked, entries: Vec<Entry>) -> Result<Locked, GroupError> {
+        let pending = match locked.replica.group.propose(encode(&entries, false), Acks::All) {
+            Ok(pending) => pending,
+            Err(error) => {
+                locked.invalidate();
+                return Err(error.into());
+            }
+        };
         locked
             .slot
             .records_since_checkpoint
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        self.await_write(pending).await
+        let timeout = self.config.write_timeout;
+        let task = tokio::spawn(async move {
+            let result = await_write(timeout, pending).await;
+            match result {
+                Ok(()) => Ok(locked),
+                Err(error) => {
+                    locked.invalidate();
+                    locked.notify();
+                    Err(error)
+                }
+            }
+        });
+        task.await
+            .unwrap_or_else(|error| Err(GroupError::Unavailable(format!("a group write's task failed: {error}"))))
     }
 
-    async fn await_write(
-        &self,
-        pending: tokio::sync::oneshot::Receiver<Result<crate::raft::Committed, ProposeError>>,
-    ) -> Result<(), GroupError> {
-        match tokio::time::timeout(self.config.write_timeout, pending).await {
-            Err(_) => Err(GroupError::OutcomeUnknown(format!(
-                "the group change was not committed within {:?}; it may or may not have happened",
-                self.config.write_timeout
-            ))),
-            Ok(Err(_)) => Err(GroupError::OutcomeUnknown(
-                "the coordinator's partition stopped; the group change may or may not have happened".into(),
-            )),
-            Ok(Ok(Err(ProposeError::LeadershipLost { .. }))) => Err(GroupError::OutcomeUnknown(
-                "the coordinator lost its leadership; the group change may or may not have happened".into(),
-            )),
-            Ok(Ok(Err(error))) => Err(error.into()),
-            Ok(Ok(Ok(_))) => Ok(()),
-        }
-    }
-
-    /// Persists a group's membership if `before` differs from it; on failure the slot state
-    /// is dropped (it holds the uncommitted change).
+    /// Persists a group's membership if `before` differs from it.
     async fn persist_membership(
         &self,
-        locked: &mut Locked,
+        mut locked: Locked,
         name: &str,
         before: Option<&state::Membership>,
-    ) -> Result<(), GroupError> {
+    ) -> Result<Locked, GroupError> {
         let Some(group) = locked.groups().get(name) else {
-            return Ok(());
+            return Ok(locked);
         };
         if before == Some(&group.membership) {
-            return Ok(());
+            return Ok(locked);
         }
         let entry = Entry::Membership {
             group: name.to_string(),
             membership: group.membership.clone(),
         };
-        let result = self.write(locked, &[entry]).await;
-        if result.is_err() {
-            locked.invalidate();
-        }
+        let locked = self.write(locked, vec![entry]).await?;
         locked.notify();
-        result
+        Ok(locked)
     }
 
     /// A member's heartbeat (join, stay, leave). Waits up to `max_wait` (capped at the
@@ -281,7 +280,7 @@ impl Coordinator {
             let before = group.membership.clone();
             let counts = |topic: &str| self.partition_count(topic);
             let member = group.heartbeat(&request, &counts, Instant::now(), || new_member_id(&request.client_id))?;
-            self.persist_membership(&mut locked, name, Some(&before)).await?;
+            let mut locked = self.persist_membership(locked, name, Some(&before)).await?;
             let Some(member) = member else {
                 let epoch = locked.groups().get(name).map_or(0, |g| g.membership.epoch);
                 return Ok(left(&request, epoch));
@@ -354,17 +353,27 @@ impl Coordinator {
         slot.commits_in_flight.fetch_add(1, Ordering::SeqCst);
         slot.records_since_checkpoint.fetch_add(1, Ordering::Relaxed);
         drop(locked);
-        let result = self.await_write(pending).await;
-        let mut guard = slot.state.lock().await;
-        match (&result, guard.as_mut()) {
-            (Ok(()), Some(loaded)) => apply(&mut loaded.groups, entry, Instant::now()),
-            (Err(GroupError::OutcomeUnknown(_)), _) => *guard = None,
-            _ => {}
-        }
-        drop(guard);
-        slot.commits_in_flight.fetch_sub(1, Ordering::SeqCst);
-        slot.commits_done.notify_waiters();
-        result
+        // Applied by a task of its own, so that a cancelled request still applies its commit
+        // and ends its turn as a commit in flight.
+        let timeout = self.config.write_timeout;
+        let task = tokio::spawn(async move {
+            let result = await_write(timeout, pending).await;
+            let mut guard = slot.state.lock().await;
+            match (&result, guard.as_mut()) {
+                (Ok(()), Some(loaded)) => apply(&mut loaded.groups, entry, Instant::now()),
+                (Err(GroupError::OutcomeUnknown(_)), _) => *guard = None,
+                _ => {}
+            }
+            drop(guard);
+            slot.commits_in_flight.fetch_sub(1, Ordering::SeqCst);
+            slot.commits_done.notify_waiters();
+            result
+        });
+        task.await.unwrap_or_else(|error| {
+            Err(GroupError::Unavailable(format!(
+                "a group commit's task failed: {error}"
+            )))
+        })
     }
 
     /// Locks a group's slot once no commit is in flight on it.
@@ -426,7 +435,7 @@ impl Coordinator {
             group: name.to_string(),
             offsets,
         };
-        self.write_and_apply(&mut locked, entry).await
+        self.write_and_apply(locked, entry).await
     }
 
     /// Forgets a group without members and its offsets.
@@ -445,23 +454,14 @@ impl Coordinator {
         let entry = Entry::Delete {
             group: name.to_string(),
         };
-        self.write_and_apply(&mut locked, entry).await
+        self.write_and_apply(locked, entry).await
     }
 
-    async fn write_and_apply(&self, locked: &mut Locked, entry: Entry) -> Result<(), GroupError> {
-        match self.write(locked, std::slice::from_ref(&entry)).await {
-            Ok(()) => {
-                apply(locked.groups(), entry, Instant::now());
-                locked.notify();
-                Ok(())
-            }
-            Err(error) => {
-                if matches!(error, GroupError::OutcomeUnknown(_)) {
-                    locked.invalidate();
-                }
-                Err(error)
-            }
-        }
+    async fn write_and_apply(&self, locked: Locked, entry: Entry) -> Result<(), GroupError> {
+        let mut locked = self.write(locked, vec![entry.clone()]).await?;
+        apply(locked.groups(), entry, Instant::now());
+        locked.notify();
+        Ok(())
     }
 
     /// Every group of the `__consumer_offsets` partitions this node leads (loading them).
@@ -510,7 +510,7 @@ impl Coordinator {
             .keys()
             .copied()
             .collect();
-        for partition in partitions {
+        'partitions: for partition in partitions {
             let slot = self.slot(partition);
             if slot.state.lock().await.is_none() {
                 continue;
@@ -536,10 +536,13 @@ impl Coordinator {
                 for (member, reason) in &evicted {
                     tracing::info!(group = %name, %member, %reason, "member evicted");
                 }
-                if let Err(error) = self.persist_membership(&mut locked, &name, Some(&before)).await {
-                    tracing::warn!(group = %name, %error, "could not persist evictions");
-                    break;
-                }
+                locked = match self.persist_membership(locked, &name, Some(&before)).await {
+                    Ok(locked) => locked,
+                    Err(error) => {
+                        tracing::warn!(group = %name, %error, "could not persist evictions");
+                        continue 'partitions;
+                    }
+                };
             }
             if locked.guard.is_some()
                 && slot.records_since_checkpoint.load(Ordering::Relaxed) >= self.config.checkpoint_records
@@ -548,6 +551,26 @@ impl Coordinator {
                 self.checkpoint(&mut locked, partition).await;
             }
         }
+    }
+}
+
+/// Waits for a proposed group write to commit.
+async fn await_write(
+    timeout: Duration,
+    pending: tokio::sync::oneshot::Receiver<Result<crate::raft::Committed, ProposeError>>,
+) -> Result<(), GroupError> {
+    match tokio::time::timeout(timeout, pending).await {
+        Err(_) => Err(GroupError::OutcomeUnknown(format!(
+            "the group change was not committed within {timeout:?}; it may or may not have happened"
+        ))),
+        Ok(Err(_)) => Err(GroupError::OutcomeUnknown(
+            "the coordinator's partition stopped; the group change may or may not have happened".into(),
+        )),
+        Ok(Ok(Err(ProposeError::LeadershipLost { .. }))) => Err(GroupError::OutcomeUnknown(
+            "the coordinator lost its leadership; the group change may or may not have happened".into(),
+        )),
+        Ok(Ok(Err(error))) => Err(error.into()),
+        Ok(Ok(Ok(_))) => Ok(()),
     }
 }
 
@@ -587,7 +610,7 @@ impl Coordinator {
             return;
         }
         let result = match locked.replica.group.propose(batch, Acks::All) {
-            Ok(pending) => self.await_write(pending).await,
+            Ok(pending) => await_write(self.config.write_timeout, pending).await,
             Err(error) => Err(error.into()),
         };
         match result {

@@ -263,8 +263,12 @@ impl Group {
                 self.seen.insert(request.member_id.clone(), now);
                 let member = self.membership.members.get_mut(&request.member_id).expect("checked");
                 member.away = false;
-                // Partitions the member was told to give up and no longer owns are free now.
-                member.revoking.retain(|tp| request.owned.contains(tp));
+                // Partitions the member was told to give up and no longer owns are free now, if
+                // it has seen that answer (its current epoch): a member a step behind may be
+                // taking on a partition it was given just before, not yet reported as owned.
+                if epoch == member.epoch {
+                    member.revoking.retain(|tp| request.owned.contains(tp));
+                }
                 if member.revoking.is_empty() {
                     self.revoking_since.remove(&request.member_id);
                 }
@@ -760,6 +764,31 @@ mod tests {
         assert_eq!(group.membership.epoch, epoch_before, "no rebalance");
         assert_eq!(group.answer(&s2).unwrap().assignment, before);
         assert!(!group.membership.members.contains_key("s1"));
+    }
+
+    #[test]
+    fn a_member_a_step_behind_does_not_release_what_it_may_be_taking_on() {
+        let now = Instant::now();
+        let mut group = Group::default();
+        let a = join(&mut group, "a", now);
+        let given = group.answer(&a).unwrap();
+        assert_eq!(given.assignment.len(), 12);
+        join(&mut group, "b", now);
+        // a is told to give half up (epoch moves on); then a heartbeat built before a saw that
+        // answer arrives, with the older epoch and nothing owned yet (a is still taking its
+        // partitions on): nothing is released to b.
+        beat(&mut group, &a, &BTreeSet::new(), now);
+        let stale = Heartbeat {
+            member_id: a.clone(),
+            member_epoch: given.member_epoch,
+            ..Default::default()
+        };
+        group.heartbeat(&stale, &counts, now, || unreachable!()).unwrap();
+        assert_eq!(group.membership.members[&a].revoking.len(), 6);
+        let b = group.answer("b").unwrap();
+        let answer_b = beat(&mut group, "b", &b.assignment, now);
+        assert!(answer_b.assignment.is_empty(), "{answer_b:?}");
+        assert_exclusive(&group);
     }
 
     #[test]

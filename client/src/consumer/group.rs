@@ -252,6 +252,33 @@ impl Shared {
 
     /// Records what `poll` owns, unless the member lost its partitions after `lost_version`
     /// (then `poll` must drop them first). Wakes the heartbeat task if the set changed.
+    /// Takes on the partitions of `assigned` that are still assigned (a newer answer may have
+    /// taken some back while their offsets were fetched: the coordinator then hands them to
+    /// another member as soon as a heartbeat does not list them), adding them to `owned` in the
+    /// same step; `None` if the member was lost since `lost_version`.
+    pub(super) fn claim(
+        &self,
+        mut owned: BTreeSet<TopicPartition>,
+        assigned: &[TopicPartition],
+        lost_version: u64,
+    ) -> Option<Vec<TopicPartition>> {
+        let mut state = self.lock();
+        if state.lost_version != lost_version {
+            return None;
+        }
+        let claimed: Vec<TopicPartition> = assigned
+            .iter()
+            .filter(|tp| state.assignment.contains(*tp))
+            .cloned()
+            .collect();
+        owned.extend(claimed.iter().cloned());
+        if state.owned != owned {
+            state.owned = owned;
+            self.to_task.notify_one();
+        }
+        Some(claimed)
+    }
+
     pub(super) fn set_owned(&self, owned: BTreeSet<TopicPartition>, lost_version: u64) -> bool {
         let mut state = self.lock();
         if state.lost_version != lost_version {
@@ -486,7 +513,11 @@ impl Consumer {
             .into_iter()
             .filter_map(|c| Some((TopicPartition::new(c.topic, c.partition), u64::try_from(c.offset).ok()?)))
             .collect();
-        for tp in assigned {
+        let Some(claimed) = shared.claim(self.owned(), assigned, lost_version) else {
+            // Lost before the listener heard of them: they go without `on_lost`.
+            return Ok(false);
+        };
+        for tp in &claimed {
             let epoch = self.bump_epoch();
             let offset = committed.get(tp).copied();
             self.assigned.push(Assigned {
@@ -501,14 +532,12 @@ impl Consumer {
                 committed: offset,
             });
         }
-        if !shared.set_owned(self.owned(), lost_version) {
-            // Lost before the listener heard of them: they go without `on_lost`.
-            self.drop_partitions(assigned);
-            return Ok(false);
+        if claimed.is_empty() {
+            return Ok(true);
         }
         let committer = self.committer();
         if let Some(listener) = self.listener.as_mut() {
-            listener.on_assigned(assigned, &committer).await;
+            listener.on_assigned(&claimed, &committer).await;
         }
         Ok(true)
     }
