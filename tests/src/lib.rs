@@ -49,7 +49,7 @@ pub mod groups;
 pub mod history;
 pub mod load;
 pub mod netns;
-mod process;
+pub mod process;
 pub mod records;
 pub mod tmpfs;
 pub mod verdict;

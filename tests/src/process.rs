@@ -64,7 +64,7 @@ fn spawn_here(command: &mut Command) -> io::Result<Child> {
 }
 
 /// Spawns `command` so that it dies with the test process (see the module doc).
-pub(crate) fn spawn(command: Command) -> Result<Child> {
+pub fn spawn(command: Command) -> Result<Child> {
     let program = command.get_program().to_string_lossy().into_owned();
     let (reply, answer) = mpsc::channel();
     spawner()
@@ -77,7 +77,7 @@ pub(crate) fn spawn(command: Command) -> Result<Child> {
 }
 
 /// Waits for the child to exit, up to `timeout`. `None` if it is still running then.
-pub(crate) fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().context("waiting for a child process")? {
@@ -92,7 +92,7 @@ pub(crate) fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Optio
 }
 
 /// Sends `signal` to the child (a no-op if it has exited and been reaped).
-pub(crate) fn signal(child: &mut Child, signal: libc::c_int) -> Result<()> {
+pub fn signal(child: &mut Child, signal: libc::c_int) -> Result<()> {
     if child.try_wait()?.is_some() {
         return Ok(());
     }
@@ -110,7 +110,7 @@ pub(crate) fn signal(child: &mut Child, signal: libc::c_int) -> Result<()> {
 }
 
 /// SIGKILL and reap. SIGKILL cannot be caught, so the wait ends; it is bounded all the same.
-pub(crate) fn kill_and_reap(child: &mut Child) -> Result<ExitStatus> {
+pub fn kill_and_reap(child: &mut Child) -> Result<ExitStatus> {
     signal(child, libc::SIGKILL)?;
     match wait_timeout(child, Duration::from_secs(30))? {
         Some(status) => Ok(status),

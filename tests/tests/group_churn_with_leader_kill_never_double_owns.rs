@@ -27,18 +27,16 @@
 //! every partition was owned again. `WEIR_TESTS_CHURN_ROUNDS` overrides the round count
 //! (default 8), `WEIR_TESTS_CHURN_SEED` the seed (printed).
 //!
-//! Members are spawned from one long-lived thread with `PR_SET_PDEATHSIG = SIGKILL` (the
-//! harness's `process::spawn` does the same but is private to the harness) and exit when their
-//! stdin closes; the fleet kills what is left when dropped.
+//! Members are spawned by the harness (`weir_tests::process::spawn`, so they die with the test
+//! process) and exit when their stdin closes; the fleet kills what is left when dropped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
@@ -95,49 +93,6 @@ impl Rng {
     fn below(&mut self, bound: u64) -> u64 {
         self.next() % bound.max(1)
     }
-}
-
-type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
-
-/// Spawns `command` from one thread that lives as long as the test process, with
-/// `PR_SET_PDEATHSIG = SIGKILL`: the child dies with the test process even when it aborts.
-fn spawn_child(command: Command) -> Result<Child> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    let sender = SPAWNER.get_or_init(|| {
-        let (sender, receiver) = mpsc::channel::<SpawnRequest>();
-        std::thread::spawn(move || {
-            for (mut command, reply) in receiver {
-                let _ = reply.send(spawn_here(&mut command));
-            }
-            loop {
-                std::thread::park(); // the children's parent thread must not end
-            }
-        });
-        Mutex::new(sender)
-    });
-    let (reply, answer) = mpsc::channel();
-    let sender = sender.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    sender.send((command, reply)).context("the spawner thread is gone")?;
-    Ok(answer.recv_timeout(Duration::from_secs(30))??)
-}
-
-fn spawn_here(command: &mut Command) -> std::io::Result<Child> {
-    // SAFETY: getpid is async-signal-safe and called before the fork.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (prctl, getppid, _exit).
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    command.spawn()
 }
 
 /// One line a member printed (records are kept apart: there are many).
@@ -303,7 +258,7 @@ impl Member {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path)?);
-        let mut child = spawn_child(command)?;
+        let mut child = weir_tests::process::spawn(command)?;
         let stdin = child.stdin.take().context("stdin is not piped")?;
         let stdout = child.stdout.take().context("stdout is not piped")?;
         let output = Arc::new(Mutex::new(Output::default()));
@@ -328,13 +283,7 @@ impl Member {
     }
 
     fn signal(&mut self, signal: libc::c_int) -> Result<()> {
-        if self.child.try_wait()?.is_some() {
-            return Ok(());
-        }
-        let pid = libc::pid_t::try_from(self.child.id())?;
-        // SAFETY: kill has no memory effects; the child is not reaped yet, so the pid is its.
-        unsafe { libc::kill(pid, signal) };
-        Ok(())
+        weir_tests::process::signal(&mut self.child, signal)
     }
 
     fn kill(&mut self) -> Result<()> {
