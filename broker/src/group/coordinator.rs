@@ -196,9 +196,11 @@ impl Coordinator {
 
     /// Proposes entries to the partition and waits for their commit, holding the slot's lock
     /// until then, in a task of its own: a request cancelled meanwhile can neither let others
-    /// see a change that is not committed nor leave it applied when it failed. On failure the
-    /// state is dropped (the next request replays the partition): it may hold the change, or
-    /// lack one that committed after all.
+    /// see a change that is not committed nor leave it applied when it failed. Once committed,
+    /// the entries are applied (a membership the caller already changed in place is replaced by
+    /// the same) and waiting heartbeats are woken, by the task too. On failure the state is
+    /// dropped (the next request replays the partition): it may hold the change, or lack one
+    /// that committed after all.
     async fn write(&self, mut locked: Locked, entries: Vec<Entry>) -> Result<Locked, GroupError> {
         let pending = match locked.replica.group.propose(encode(&entries, false), Acks::All) {
             Ok(pending) => pending,
@@ -214,14 +216,17 @@ impl Coordinator {
         let timeout = self.config.write_timeout;
         let task = tokio::spawn(async move {
             let result = await_write(timeout, pending).await;
-            match result {
-                Ok(()) => Ok(locked),
-                Err(error) => {
-                    locked.invalidate();
-                    locked.notify();
-                    Err(error)
+            match &result {
+                Ok(()) => {
+                    let now = Instant::now();
+                    for entry in entries {
+                        apply(locked.groups(), entry, now);
+                    }
                 }
+                Err(_) => locked.invalidate(),
             }
+            locked.notify();
+            result.map(|()| locked)
         });
         task.await
             .unwrap_or_else(|error| Err(GroupError::Unavailable(format!("a group write's task failed: {error}"))))
@@ -244,9 +249,7 @@ impl Coordinator {
             group: name.to_string(),
             membership: group.membership.clone(),
         };
-        let locked = self.write(locked, vec![entry]).await?;
-        locked.notify();
-        Ok(locked)
+        self.write(locked, vec![entry]).await
     }
 
     /// A member's heartbeat (join, stay, leave). Waits up to `max_wait` (capped at the
@@ -435,7 +438,7 @@ impl Coordinator {
             group: name.to_string(),
             offsets,
         };
-        self.write_and_apply(locked, entry).await
+        self.write(locked, vec![entry]).await.map(drop)
     }
 
     /// Forgets a group without members and its offsets.
@@ -454,14 +457,7 @@ impl Coordinator {
         let entry = Entry::Delete {
             group: name.to_string(),
         };
-        self.write_and_apply(locked, entry).await
-    }
-
-    async fn write_and_apply(&self, locked: Locked, entry: Entry) -> Result<(), GroupError> {
-        let mut locked = self.write(locked, vec![entry.clone()]).await?;
-        apply(locked.groups(), entry, Instant::now());
-        locked.notify();
-        Ok(())
+        self.write(locked, vec![entry]).await.map(drop)
     }
 
     /// Every group of the `__consumer_offsets` partitions this node leads (loading them).
