@@ -1,9 +1,9 @@
 //! The consumer-group protocol on a real broker, spoken raw (no client library): the first group
 //! request creates `__consumer_offsets`; members get every partition exactly once, and a new
 //! member gets partitions only after their owner reported them released; stale members and
-//! stale epochs are fenced with `weir-fenced`; commits never go backwards; reset and delete need
-//! an empty group; unknown groups are NOT_FOUND; clients cannot write the internal topic nor
-//! mark a batch as a compaction point; the
+//! stale epochs are fenced with `weir-fenced`; a static member restarting keeps its partitions;
+//! commits never go backwards; reset and delete need an empty group; unknown groups are
+//! NOT_FOUND; clients cannot write the internal topic nor mark a batch as a compaction point; the
 //! group survives a broker restart (replayed from `__consumer_offsets`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,12 +45,40 @@ struct Member {
     owned: Owned,
 }
 
+/// Joins, retrying while the group's coordinator is still being elected (the first group
+/// request created `__consumer_offsets` a moment ago).
 async fn join(groups: &mut GroupsClient<Channel>) -> Result<Member> {
+    let request = proto::GroupHeartbeatRequest {
+        group: GROUP.into(),
+        member_epoch: 0,
+        client_id: "protocol-test".into(),
+        topics: vec![TOPIC.into()],
+        session_timeout_ms: 5_000,
+        ..Default::default()
+    };
+    let mut attempts = 0;
+    let answer = loop {
+        match groups.heartbeat(request.clone()).await {
+            Err(status) if status.code() == Code::Unavailable && attempts < 100 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answer => break answer?.into_inner(),
+        }
+    };
+    Ok(Member {
+        id: answer.member_id,
+        epoch: answer.member_epoch,
+        owned: to_set(&answer.assignment),
+    })
+}
+
+async fn join_static(groups: &mut GroupsClient<Channel>, instance: &str) -> Result<Member> {
     let answer = groups
         .heartbeat(proto::GroupHeartbeatRequest {
             group: GROUP.into(),
             member_epoch: 0,
-            client_id: "protocol-test".into(),
+            instance_id: instance.into(),
             topics: vec![TOPIC.into()],
             session_timeout_ms: 5_000,
             ..Default::default()
@@ -201,6 +229,88 @@ async fn group_protocol_fences_and_never_double_assigns() -> Result<()> {
         "message: {}",
         after_leave.message()
     );
+    for _ in 0..3 {
+        beat(&mut groups, &mut b).await?;
+    }
+    ensure!(b.owned.len() == PARTITIONS as usize, "b owns {:?}", b.owned);
+
+    // Static membership: a member with an instance id that leaves for a restart keeps its
+    // partitions (nobody else gets them); its next incarnation gets them back with no new
+    // group epoch, and the previous incarnation is fenced.
+    let mut s = join_static(&mut groups, "worker-1").await?;
+    for _ in 0..4 {
+        beat(&mut groups, &mut b).await?;
+        beat(&mut groups, &mut s).await?;
+        assert_exclusive(&[&b, &s])?;
+    }
+    ensure!(
+        s.owned.len() == 3 && b.owned.len() == 3,
+        "s {:?} b {:?}",
+        s.owned,
+        b.owned
+    );
+    let describe = |groups: &mut GroupsClient<Channel>| {
+        let mut groups = groups.clone();
+        async move {
+            anyhow::Ok(
+                groups
+                    .describe_group(proto::DescribeGroupRequest { group: GROUP.into() })
+                    .await?
+                    .into_inner(),
+            )
+        }
+    };
+    let epoch_before = describe(&mut groups).await?.group_epoch;
+    groups
+        .heartbeat(proto::GroupHeartbeatRequest {
+            group: GROUP.into(),
+            member_id: s.id.clone(),
+            member_epoch: -2,
+            ..Default::default()
+        })
+        .await?;
+    beat(&mut groups, &mut b).await?;
+    ensure!(
+        b.owned.len() == 3,
+        "b got a static member's partitions while it restarts: {:?}",
+        b.owned
+    );
+    let away = describe(&mut groups).await?;
+    ensure!(
+        away.members
+            .iter()
+            .any(|m| m.member_id == s.id && m.away && to_set(&m.assignment) == s.owned),
+        "the static member is not kept while away: {away:?}"
+    );
+    let s2 = join_static(&mut groups, "worker-1").await?;
+    ensure!(
+        s2.id != s.id && s2.owned == s.owned,
+        "the new incarnation got {:?}, not {:?}",
+        s2.owned,
+        s.owned
+    );
+    ensure!(
+        describe(&mut groups).await?.group_epoch == epoch_before,
+        "a static rejoin rebalanced the group"
+    );
+    let old = groups
+        .heartbeat(proto::GroupHeartbeatRequest {
+            group: GROUP.into(),
+            member_id: s.id.clone(),
+            member_epoch: s.epoch,
+            ..Default::default()
+        })
+        .await
+        .expect_err("the previous incarnation");
+    ensure!(old.metadata().get("weir-fenced").is_some(), "{old:?}");
+    groups
+        .heartbeat(proto::GroupHeartbeatRequest {
+            group: GROUP.into(),
+            member_id: s2.id.clone(),
+            member_epoch: -1,
+            ..Default::default()
+        })
+        .await?;
     for _ in 0..3 {
         beat(&mut groups, &mut b).await?;
     }
