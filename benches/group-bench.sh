@@ -53,37 +53,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-hz=$(getconf CLK_TCK)
-# Cores the rest of the machine (everything but this script's brokers) used over 3 s.
-other_cores() {
-  local m0 m1 ours0=0 ours1=0 pid
-  m0=$(machine_ticks)
-  for pid in "${node_pid[@]}"; do ours0=$((ours0 + $(cpu_ticks "$pid"))); done
-  sleep 3
-  m1=$(machine_ticks)
-  for pid in "${node_pid[@]}"; do ours1=$((ours1 + $(cpu_ticks "$pid"))); done
-  echo "scale=2; ($m1 - $m0 - $ours1 + $ours0) / $hz / 3" | bc
-}
-# Waits (within QUIET_WAIT_S in all) for other brokers and heavy work to end, then measures anyway.
-quiet_deadline=$((SECONDS + quiet_wait))
-wait_quiet() {
-  local other
-  while ((SECONDS < quiet_deadline)); do
-    other=$(other_cores)
-    if ((${#node_pid[@]} == 0)) && pgrep -x weir-broker >/dev/null; then
-      echo "(waiting: $(pgrep -xc weir-broker) weir-broker process(es) of someone else are running)"
-    elif (($(echo "$other > $quiet_cores" | bc))); then
-      echo "(waiting: the rest of the machine uses $other cores; busiest: $(ps -eo pcpu,comm --sort=-pcpu | sed -n 2p | xargs))"
-    else
-      echo "(the rest of the machine uses $other cores)"
-      return
-    fi
-    sleep 7
-  done
-  echo "(measuring anyway after waiting ${quiet_wait}s in all: the rest of the machine uses $(other_cores) cores)"
-}
+source benches/lib/quiet.sh # after the cd above: paths are from the repository root
 wait_quiet
 echo "== machine: $(nproc) cores, $(uname -r), data on $(df -h "$work" | awk 'NR==2 {print $1}')"
 echo "== code: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- broker client proto || echo " + uncommitted changes in $(git diff --name-only HEAD -- broker client proto | paste -sd' ')")"
