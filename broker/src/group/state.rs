@@ -473,17 +473,6 @@ impl Group {
         self.membership.last_member_epoch = next_epoch;
     }
 
-    /// Reconciles every member (after partitions were freed or the target changed); true if
-    /// anything changed.
-    pub fn reconcile_all(&mut self, now: Instant) -> bool {
-        let before = self.membership.clone();
-        let ids: Vec<String> = self.membership.members.keys().cloned().collect();
-        for id in ids {
-            self.reconcile(&id, now);
-        }
-        before != self.membership
-    }
-
     /// The answer for a member as things stand.
     pub fn answer(&self, id: &str) -> Option<Answer> {
         let member = self.membership.members.get(id)?;
@@ -560,15 +549,6 @@ impl Group {
             }
         }
         Ok(())
-    }
-
-    /// Who holds a partition now (assigned or still revoking).
-    pub fn owner_of(&self, tp: &TopicPartition) -> Option<&str> {
-        self.membership
-            .members
-            .values()
-            .find(|m| m.holds(tp))
-            .map(|m| m.id.as_str())
     }
 }
 
